@@ -1,0 +1,39 @@
+"""One domain error type that carries its HTTP status; the API maps it to a response in one place."""
+
+
+class LookalikeError(Exception):
+    status = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class BadImage(LookalikeError):
+    """The bytes are not a decodable image (zero bytes, truncated, unknown format)."""
+
+    status = 400
+
+
+class ImageTooLarge(LookalikeError):
+    """Upload or pixel count over the configured limit (decompression bombs included)."""
+
+    status = 413
+
+
+class NotFound(LookalikeError):
+    status = 404
+
+
+class Conflict(LookalikeError):
+    status = 409
+
+
+class InvalidRequest(LookalikeError):
+    status = 422
+
+
+class StoreVersionError(LookalikeError):
+    """The data directory was written by a newer lookalike."""
+
+    status = 500

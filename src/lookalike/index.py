@@ -1,0 +1,172 @@
+"""A FAISS index over one engine's features, derived from the store and saved with a marker of it.
+
+Binary features go into a Hamming `IndexBinaryFlat`, float features into a flat index with the
+engine's metric; both wrapped in an id map so FAISS ids are image ids. The file starts with a JSON
+header naming the store (uuid) and the journal sequence number the index reflects, so an index that
+does not match the store is caught up from the journal or rebuilt, never served stale.
+"""
+
+import json
+import os
+import struct
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .engines import FeatureSpec
+
+_MAGIC = b"LOOKALIKE-INDEX\n"
+_HEADER_LEN = struct.Struct(">I")
+# Neighbours fetched first when a float metric has no native range search; grown 4x until enough.
+_RANGE_FIRST_K = 64
+
+
+@dataclass(frozen=True)
+class Marker:
+    """Which store, and which point of its journal, an index reflects."""
+
+    store_uuid: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    image_id: int
+    distance: float
+
+
+class FeatureIndex:
+    def __init__(self, spec: FeatureSpec, index=None):
+        self.spec = spec
+        self._index = index if index is not None else _empty_index(spec)
+        # FAISS indexes are not safe for a search concurrent with an add or remove.
+        self._lock = threading.Lock()
+
+    @property
+    def ntotal(self) -> int:
+        return self._index.ntotal
+
+    def add(self, ids: np.ndarray, features: np.ndarray) -> None:
+        if len(ids):
+            with self._lock:
+                self._index.add_with_ids(self._as_rows(features), np.asarray(ids, np.int64))
+
+    def remove(self, ids) -> None:
+        with self._lock:
+            self._index.remove_ids(np.asarray(list(ids), np.int64))
+
+    def search(self, variants: np.ndarray, k: int) -> list[Neighbour]:
+        """The k nearest images to any of the query variants, each at its smallest distance."""
+        with self._lock:
+            k = min(k, self._index.ntotal)
+            if k == 0:
+                return []
+            distances, ids = self._index.search(self._as_rows(variants), k)
+        # An image in the true top k is in the top k of the variant that gives its smallest distance.
+        return _merge(distances, ids)[:k]
+
+    def search_within(self, variants: np.ndarray, threshold: float) -> list[Neighbour]:
+        """Every image within `threshold` (inclusive) of any query variant, nearest first."""
+        queries = self._as_rows(variants)
+        with self._lock:
+            if self._index.ntotal == 0:
+                return []
+            if self.spec.metric == "hamming":
+                # FAISS's binary range search keeps distances strictly below the radius.
+                limits, distances, ids = self._index.range_search(queries, int(np.floor(threshold)) + 1)
+                return _merge(distances[None, :], ids[None, :])
+            # FAISS has no range search for L1: search ever larger k until the farthest is beyond.
+            k = min(_RANGE_FIRST_K, self._index.ntotal)
+            while True:
+                distances, ids = self._index.search(queries, k)
+                if k == self._index.ntotal or (distances[:, -1] > threshold).all():
+                    break
+                k = min(4 * k, self._index.ntotal)
+        return [n for n in _merge(distances, ids) if n.distance <= threshold]
+
+    def pairs_within(self, ids: np.ndarray, features: np.ndarray, threshold: float, batch: int = 4096):
+        """(query id, found id, distance) for every stored image within `threshold` of each query.
+
+        Binary indexes only: a range search per batch of queries, the basis of near-duplicate groups.
+        """
+        if self.spec.kind != "binary":
+            raise ValueError("pairs_within needs a binary feature")
+        for start in range(0, len(ids), batch):
+            with self._lock:
+                limits, distances, found = self._index.range_search(
+                    self._as_rows(features[start : start + batch]), int(np.floor(threshold)) + 1
+                )
+            queries = np.repeat(ids[start : start + batch], np.diff(limits).astype(np.int64))
+            yield queries, found, distances
+
+    def reconstruct(self, image_id: int) -> np.ndarray:
+        with self._lock:
+            return self._index.reconstruct(image_id)
+
+    def save(self, path: Path, marker: Marker) -> None:
+        """Write atomically: a temp file, fsync, rename, fsync the folder."""
+        header = json.dumps({"marker": asdict(marker), "spec": asdict(self.spec)}).encode()
+        temporary = path.with_suffix(".tmp")
+        with open(temporary, "wb") as file, self._lock:
+            file.write(_MAGIC + _HEADER_LEN.pack(len(header)) + header)
+            writer = faiss.PyCallbackIOWriter(file.write)
+            if self.spec.kind == "binary":
+                faiss.write_index_binary(self._index, writer)
+            else:
+                faiss.write_index(self._index, writer)
+            del writer  # flushes its buffer into the file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        _fsync_dir(path.parent)
+
+    @classmethod
+    def load(cls, path: Path, spec: FeatureSpec) -> tuple["FeatureIndex", Marker] | None:
+        """The saved index and its marker; None if missing, unreadable or of another feature spec."""
+        try:
+            with open(path, "rb") as file:
+                if file.read(len(_MAGIC)) != _MAGIC:
+                    return None
+                (length,) = _HEADER_LEN.unpack(file.read(_HEADER_LEN.size))
+                header = json.loads(file.read(length))
+                if FeatureSpec(**header["spec"]) != spec:
+                    return None
+                reader = faiss.PyCallbackIOReader(file.read)
+                index = faiss.read_index_binary(reader) if spec.kind == "binary" else faiss.read_index(reader)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+            return None
+        return cls(spec, index), Marker(**header["marker"])
+
+    def _as_rows(self, features: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.atleast_2d(features), dtype=self.spec.dtype)
+
+
+def _empty_index(spec: FeatureSpec):
+    if spec.kind == "binary":
+        return faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(spec.dim))
+    metric = {"l1": faiss.METRIC_L1}[spec.metric]
+    return faiss.IndexIDMap2(faiss.IndexFlat(spec.dim, metric))
+
+
+def _merge(distances: np.ndarray, ids: np.ndarray) -> list[Neighbour]:
+    """Rows of (distance, id) from several query variants -> each id once, at its smallest distance."""
+    distances, ids = distances.ravel(), ids.ravel()
+    valid = ids >= 0
+    distances, ids = distances[valid], ids[valid]
+    order = np.lexsort((distances, ids))
+    first = np.ones(len(order), bool)
+    first[1:] = ids[order][1:] != ids[order][:-1]
+    best = order[first]
+    best = best[np.argsort(distances[best], kind="stable")]
+    return [Neighbour(int(i), float(d)) for i, d in zip(ids[best], distances[best])]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,156 @@
+"""Bulk indexing of a folder: reader -> worker processes (decode + features) -> one batched writer.
+
+Each batch commits in one LMDB transaction, so an interrupted or killed run loses at most the batch
+in flight, and the next run skips every file already stored with the same size and mtime.
+"""
+
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .engines import Engine, create_engine, decode_for
+from .errors import LookalikeError
+from .library import Library
+from .store import ImageRecord
+
+IMAGE_SUFFIXES = {
+    ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif",
+}
+BATCH_SIZE = 256
+BATCH_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Job:
+    path: Path
+    image_id: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Plan:
+    jobs: list[Job] = field(default_factory=list)
+    unchanged: int = 0
+    missing: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    indexed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def scan(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories.sort()
+        for name in sorted(files):
+            path = Path(directory, name)
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                yield path, path.stat()
+
+
+def plan(library: Library, root: Path) -> Plan:
+    """What to (re)index: new and changed files, with ids; stored files under `root` now gone."""
+    root = root.resolve()
+    stored = {record.file_name: record for record in library.store.records()}
+    found = list(scan(root))
+    used_ids = {record.image_id for record in stored.values()}
+    numeric = {int(p.stem) for p, _ in found if p.stem.isdigit() and int(p.stem) < 2**63}
+    next_free = max(used_ids | numeric, default=-1) + 1
+    result = Plan()
+    for path, stat in found:
+        record = stored.get(str(path))
+        if record is not None:
+            if (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+                result.unchanged += 1
+                continue
+            image_id = record.image_id
+        elif path.stem.isdigit() and int(path.stem) in numeric and int(path.stem) not in used_ids:
+            image_id = int(path.stem)
+        else:
+            image_id, next_free = next_free, next_free + 1
+        used_ids.add(image_id)
+        result.jobs.append(Job(path, image_id, stat.st_size, stat.st_mtime_ns))
+    on_disk = {str(path) for path, _ in found}
+    prefix = str(root) + os.sep
+    result.missing = [r.image_id for n, r in stored.items() if n.startswith(prefix) and n not in on_disk]
+    return result
+
+
+def run(
+    library: Library,
+    root: Path,
+    workers: int | None = None,
+    on_start: Callable[[int], None] = lambda total: None,
+    on_done: Callable[[Job, str | None], None] = lambda job, error: None,
+    checkpoint_seconds: float = 60.0,
+) -> Report:
+    """Index `root`; `on_done` is called once per job with an error message or None."""
+    todo = plan(library, root)
+    report = Report(unchanged=todo.unchanged, removed=len(todo.missing))
+    if todo.missing:
+        library.delete_many(todo.missing)
+    on_start(len(todo.jobs))
+    batch: list[tuple[ImageRecord, dict[str, np.ndarray]]] = []
+    last_commit = last_checkpoint = time.monotonic()
+
+    def commit() -> None:
+        nonlocal batch, last_commit
+        if batch:
+            library.add_many(batch)
+            report.indexed += len(batch)
+            batch = []
+        last_commit = time.monotonic()
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding FAISS/OpenMP threads
+    engines = list(library.engines)
+    with ProcessPoolExecutor(workers or os.cpu_count(), context, _start_worker, (engines, library.max_pixels)) as pool:
+        try:
+            for job, outcome in zip(todo.jobs, pool.map(_extract, todo.jobs, chunksize=4)):
+                if isinstance(outcome, str):
+                    report.failed.append((job.path, outcome))
+                    on_done(job, outcome)
+                    continue
+                batch.append((ImageRecord(job.image_id, str(job.path), job.size, job.mtime_ns), outcome))
+                on_done(job, None)
+                if len(batch) >= BATCH_SIZE or time.monotonic() - last_commit > BATCH_SECONDS:
+                    commit()
+                if time.monotonic() - last_checkpoint > checkpoint_seconds:
+                    library.checkpoint()
+                    last_checkpoint = time.monotonic()
+        finally:
+            # Interrupted or not, what was extracted is complete: keep it.
+            pool.shutdown(cancel_futures=True)
+            commit()
+    return report
+
+
+_worker_engines: dict[str, Engine] = {}
+_worker_max_pixels = 0
+
+
+def _start_worker(engines: list[str], max_pixels: int) -> None:
+    global _worker_max_pixels
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _worker_engines.update({name: create_engine(name) for name in engines})
+    _worker_max_pixels = max_pixels
+
+
+def _extract(job: Job) -> dict[str, np.ndarray] | str:
+    try:
+        image = decode_for(_worker_engines.values(), job.path.read_bytes(), _worker_max_pixels)
+        return {name: engine.extract(image) for name, engine in _worker_engines.items()}
+    except LookalikeError as exc:
+        return exc.message
+    except OSError as exc:
+        return f"could not read the file: {exc.strerror}"

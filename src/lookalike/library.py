@@ -1,0 +1,242 @@
+"""The core: engines, the feature store and one FAISS index per engine behind one object.
+
+The HTTP service and the CLI are thin layers over `Library`. Writes hold one lock across the store
+commit and the index update, so the in-memory indexes always equal the committed store; CPU work
+(decoding, feature extraction) happens before that lock is taken.
+"""
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .decode import DEFAULT_MAX_PIXELS
+from .engines import Engine, create_engine, decode_for
+from .errors import InvalidRequest, LookalikeError, NotFound
+from .index import FeatureIndex, Marker, Neighbour
+from .store import MAX_IMAGE_ID, FeatureStore, ImageRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Match:
+    image_id: int
+    distance: float
+    file_name: str
+
+
+class Library:
+    def __init__(self, data_dir: Path, engines: list[str], max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock_data_dir(self.data_dir)
+        self.engines: dict[str, Engine] = {name: create_engine(name) for name in engines}
+        self.max_pixels = max_pixels
+        self.store = FeatureStore(self.data_dir / "store", {n: e.spec for n, e in self.engines.items()})
+        (self.data_dir / "indexes").mkdir(exist_ok=True)
+        self._write_lock = threading.Lock()
+        self._saved_seq: dict[str, int] = {}
+        self.indexes = {name: self._open_index(name) for name in self.engines}
+
+    # -- features --------------------------------------------------------------------------------
+
+    def decode(self, data: bytes, engines: list[str]) -> Image.Image:
+        return decode_for([self.engines[name] for name in engines], data, self.max_pixels)
+
+    def extract(self, data: bytes, engines: list[str] | None = None) -> dict[str, np.ndarray]:
+        engines = self._engine_names(engines)
+        image = self.decode(data, engines)
+        return {name: self.engines[name].extract(image) for name in engines}
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def add(self, image_id: int, data: bytes, file_name: str = "", engines: list[str] | None = None) -> None:
+        """Add one image to `engines` (all by default): all of them or, on any error, none."""
+        check_image_id(image_id)
+        features = self.extract(data, engines)
+        with self._write_lock:
+            self.store.add(ImageRecord(image_id, file_name), features)
+            for name, feature in features.items():
+                self.indexes[name].add(np.array([image_id]), feature[None])
+
+    def add_many(self, items: list[tuple[ImageRecord, dict[str, np.ndarray]]]) -> None:
+        """Add or replace a batch in one transaction; the bulk indexer's unit of progress."""
+        with self._write_lock:
+            self.store.add_many(items)
+            ids = np.array([record.image_id for record, _ in items], np.int64)
+            for name, index in self.indexes.items():
+                index.remove(ids)
+                rows = [(r.image_id, f[name]) for r, f in items if name in f]
+                if rows:
+                    index.add(np.array([i for i, _ in rows]), np.stack([f for _, f in rows]))
+
+    def delete(self, image_id: int, engines: list[str] | None = None) -> list[str]:
+        engines = self._engine_names(engines)
+        with self._write_lock:
+            deleted = self.store.delete(image_id, engines)
+            for name in deleted:
+                self.indexes[name].remove([image_id])
+        return deleted
+
+    def delete_many(self, image_ids: list[int]) -> None:
+        with self._write_lock:
+            self.store.delete_many(image_ids)
+            for index in self.indexes.values():
+                index.remove(image_ids)
+
+    def id_for_name(self, file_name: str) -> int:
+        image_id = self.store.id_for_name(file_name)
+        if image_id is None:
+            raise NotFound(f"no image has the file name {file_name!r}")
+        return image_id
+
+    # -- searches --------------------------------------------------------------------------------
+
+    def similar_to_id(self, engine: str, image_id: int, k: int | None = None, threshold: float | None = None):
+        """Images like a stored one, itself left out."""
+        feature = self.store.feature(self._engine_names([engine])[0], image_id)
+        if feature is None:
+            raise NotFound(f"image {image_id} is not in the {engine} engine")
+        matches = self._search(engine, feature[None], k + 1 if k is not None else None, threshold)
+        return [m for m in matches if m.image_id != image_id][:k]
+
+    def similar_to_image(self, engine: str, data: bytes, k: int | None = None, threshold: float | None = None):
+        self._engine_names([engine])
+        image = self.decode(data, [engine])
+        return self._search(engine, np.stack(self.engines[engine].query_variants(image)), k, threshold)
+
+    def search_all(self, data: bytes, k: int | None = None, threshold: float | None = None):
+        """Each engine's answer for one uploaded image, decoded once."""
+        image = self.decode(data, list(self.engines))
+        return {
+            name: self._search(name, np.stack(engine.query_variants(image)), k, threshold)
+            for name, engine in self.engines.items()
+        }
+
+    def duplicate_groups(self, engine: str = "phash", threshold: float | None = None) -> list[list[Match]]:
+        """Every group of images linked by distances within `threshold`, largest group first.
+
+        Each member's distance is to the group's first member (its lowest id), as stored.
+        """
+        threshold = self.engines[engine].duplicate_threshold if threshold is None else threshold
+        ids, features = self.store.read_features(engine)  # ids ascending: LMDB keys are big-endian
+        sources, targets = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+        for queries, found, _ in self.indexes[engine].pairs_within(ids, features, threshold):
+            sources.append(queries)
+            targets.append(found)
+        rows = np.searchsorted(ids, np.concatenate(sources)), np.searchsorted(ids, np.concatenate(targets))
+        graph = coo_matrix((np.ones(len(rows[0]), np.int8), rows), shape=(len(ids), len(ids)))
+        _, labels = connected_components(graph, directed=False)
+        groups = []
+        for label in np.flatnonzero(np.bincount(labels) > 1):
+            members = np.flatnonzero(labels == label)
+            distances = np.unpackbits(features[members[0]] ^ features[members], axis=1).sum(axis=1)
+            names = self.store.names_for(ids[members].tolist())
+            groups.append([Match(int(ids[m]), float(d), n or "") for m, d, n in zip(members, distances, names)])
+        return sorted(groups, key=lambda group: (-len(group), group[0].image_id))
+
+    def _search(self, engine: str, variants: np.ndarray, k: int | None, threshold: float | None) -> list[Match]:
+        if (k is None) == (threshold is None):
+            raise InvalidRequest("give exactly one of k and distance_threshold")
+        index = self.indexes[engine]
+        found: list[Neighbour] = index.search(variants, k) if k is not None else index.search_within(variants, threshold)
+        names = self.store.names_for([n.image_id for n in found])
+        return [Match(n.image_id, n.distance, name or "") for n, name in zip(found, names)]
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Save every index that changed since it was saved, then trim the journal it covers."""
+        for name, index in self.indexes.items():
+            with self._write_lock:
+                seq = self.store.journal_seq(name)
+                if seq == self._saved_seq.get(name):
+                    continue
+                index.save(self._index_path(name), Marker(self.store.uuid, seq))
+            self._saved_seq[name] = seq
+            self.store.trim_journal(name, seq)
+
+    def close(self) -> None:
+        self.checkpoint()
+        self.store.close()
+        self._lock_file.close()
+
+    def __enter__(self) -> "Library":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def stats(self) -> dict:
+        return {
+            "images": self.store.count(),
+            "store_bytes": self.store.disk_bytes(),
+            "engines": {
+                name: {"features": self.store.count(name), "indexed": index.ntotal}
+                for name, index in self.indexes.items()
+            },
+        }
+
+    def _open_index(self, name: str) -> FeatureIndex:
+        spec = self.engines[name].spec
+        path = self._index_path(name)
+        loaded = FeatureIndex.load(path, spec)
+        if loaded is not None:
+            index, marker = loaded
+            touched = self.store.journal_since(name, marker.seq) if marker.store_uuid == self.store.uuid else None
+            if touched is not None:
+                if not touched:
+                    self._saved_seq[name] = marker.seq
+                    return index
+                log.info("%s index: catching up %d changed images from the journal", name, len(touched))
+                index.remove(touched)
+                index.add(*self.store.read_features(name, sorted(touched)))
+                return index
+        if path.exists() or self.store.count(name):
+            log.warning("%s index: missing or out of step with the store; rebuilding", name)
+        started = time.perf_counter()
+        index = FeatureIndex(spec)
+        index.add(*self.store.read_features(name))
+        log.info("%s index: rebuilt %d features in %.1f s", name, index.ntotal, time.perf_counter() - started)
+        return index
+
+    def _index_path(self, name: str) -> Path:
+        return self.data_dir / "indexes" / f"{name}.faiss"
+
+    def _engine_names(self, engines: list[str] | None) -> list[str]:
+        if engines is None:
+            return list(self.engines)
+        unknown = [name for name in engines if name not in self.engines]
+        if unknown:
+            raise NotFound(f"engine {unknown[0]!r} is not served; served engines: {', '.join(self.engines)}")
+        return engines
+
+
+def check_image_id(image_id: int) -> None:
+    if not 0 <= image_id <= MAX_IMAGE_ID:
+        raise InvalidRequest(f"image_id must be between 0 and {MAX_IMAGE_ID}, got {image_id}")
+
+
+def _lock_data_dir(data_dir: Path):
+    """One process at a time owns a data directory: another's writes would not reach our indexes."""
+    lock_file = open(data_dir / "lock", "a+")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        owner = lock_file.read().strip() or "another process"
+        lock_file.close()
+        raise LookalikeError(f"{data_dir} is in use by lookalike process {owner}; stop it first") from None
+    lock_file.truncate(0)
+    lock_file.write(str(os.getpid()))
+    lock_file.flush()
+    return lock_file

@@ -1,0 +1,321 @@
+"""The feature store: image records and every engine's features in one LMDB environment.
+
+Layout (keys are 8-byte big-endian image ids unless noted):
+    meta         schema version, store uuid, per-engine journal sequence numbers
+    images       id -> file size, mtime and file name of the image
+    names        file name -> id
+    f:<engine>   id -> the engine's raw feature bytes
+    j:<engine>   sequence number -> id touched; FAISS indexes replay it to catch up after a crash
+
+One LMDB write transaction covers an image's record and its features in every engine, so an add or
+delete is all or nothing, and the journal entry commits with the change it describes.
+"""
+
+import struct
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import lmdb
+import numpy as np
+
+from .engines import FeatureSpec
+from .errors import Conflict, NotFound, StoreVersionError
+
+SCHEMA_VERSION = 1
+MAX_IMAGE_ID = 2**63 - 1  # FAISS ids are signed 64-bit
+_INITIAL_MAP_SIZE = 1 << 30
+_RECORD = struct.Struct(">Qq")  # file size, mtime_ns
+T = TypeVar("T")
+
+
+def id_key(image_id: int) -> bytes:
+    return image_id.to_bytes(8, "big")
+
+
+def key_id(key: bytes) -> int:
+    return int.from_bytes(key, "big")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: int
+    file_name: str
+    size: int = 0
+    mtime_ns: int = 0
+
+
+class FeatureStore:
+    def __init__(self, path: Path, specs: dict[str, FeatureSpec]):
+        path.mkdir(parents=True, exist_ok=True)
+        self.specs = specs
+        self._env = lmdb.open(str(path), map_size=_INITIAL_MAP_SIZE, max_dbs=4 + 2 * len(specs))
+        if self._env.info()["map_size"] < _INITIAL_MAP_SIZE:
+            self._env.set_mapsize(_INITIAL_MAP_SIZE)
+        self._meta = self._env.open_db(b"meta")
+        self._images = self._env.open_db(b"images")
+        self._names = self._env.open_db(b"names")
+        self._features = {name: self._env.open_db(f"f:{name}".encode()) for name in specs}
+        self._journals = {name: self._env.open_db(f"j:{name}".encode()) for name in specs}
+        self._resizing = _SharedExclusiveLock()
+        self.uuid = self._write(self._check_version)
+
+    def close(self) -> None:
+        self._env.close()
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def add(self, record: ImageRecord, features: dict[str, np.ndarray], replace: bool = False) -> None:
+        """Store `record` and its features in one transaction.
+
+        An id already holding a feature of one of these engines, or a file name owned by another
+        id, is a Conflict unless `replace`, which first deletes the old features of that id.
+        """
+
+        def add(txn: lmdb.Transaction) -> None:
+            nonlocal record
+            key = id_key(record.image_id)
+            owner = txn.get(record.file_name.encode(), db=self._names) if record.file_name else None
+            if owner is not None and owner != key:
+                raise Conflict(f"file name {record.file_name!r} already belongs to image {key_id(owner)}")
+            existing = self._read_record(txn, record.image_id)
+            if existing and replace:
+                self._delete(txn, record.image_id, list(self.specs))
+                existing = None
+            if existing:
+                if existing.file_name != record.file_name and record.file_name:
+                    raise Conflict(f"image {record.image_id} already exists as {existing.file_name!r}")
+                taken = [name for name in features if txn.get(key, db=self._features[name]) is not None]
+                if taken:
+                    raise Conflict(f"image {record.image_id} is already in engine(s) {', '.join(taken)}")
+                record = ImageRecord(record.image_id, existing.file_name or record.file_name, record.size, record.mtime_ns)
+            self._put_record(txn, record)
+            for name, feature in features.items():
+                txn.put(key, self._feature_bytes(name, feature), db=self._features[name])
+                self._journal(txn, name, record.image_id)
+
+        self._write(add)
+
+    def add_many(self, items: list[tuple[ImageRecord, dict[str, np.ndarray]]]) -> None:
+        """Replace-or-add a batch in one transaction (the bulk indexer's unit of progress)."""
+
+        def add_all(txn: lmdb.Transaction) -> None:
+            for record, features in items:
+                self._delete(txn, record.image_id, list(self.specs))
+                self._put_record(txn, record)
+                for name, feature in features.items():
+                    txn.put(id_key(record.image_id), self._feature_bytes(name, feature), db=self._features[name])
+                    self._journal(txn, name, record.image_id)
+
+        self._write(add_all)
+
+    def delete(self, image_id: int, engines: list[str] | None = None) -> list[str]:
+        """Delete the image's features in `engines` (all by default); the record goes with the last one.
+
+        Returns the engines it was deleted from; NotFound where it was in none of them.
+        """
+        engines = list(self.specs) if engines is None else engines
+
+        def delete(txn: lmdb.Transaction) -> list[str]:
+            if self._read_record(txn, image_id) is None:
+                raise NotFound(f"image {image_id} is not in the library")
+            deleted = self._delete(txn, image_id, engines)
+            if not deleted:
+                raise NotFound(f"image {image_id} is not in engine(s) {', '.join(engines)}")
+            return deleted
+
+        return self._write(delete)
+
+    def delete_many(self, image_ids: list[int]) -> None:
+        def delete_all(txn: lmdb.Transaction) -> None:
+            for image_id in image_ids:
+                self._delete(txn, image_id, list(self.specs))
+
+        self._write(delete_all)
+
+    def trim_journal(self, engine: str, upto: int) -> None:
+        """Forget journal entries at or below `upto`, once an index reflecting them is saved."""
+
+        def trim(txn: lmdb.Transaction) -> None:
+            cursor = txn.cursor(db=self._journals[engine])
+            while cursor.first() and key_id(cursor.key()) <= upto:
+                cursor.delete()
+
+        self._write(trim)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def record(self, image_id: int) -> ImageRecord | None:
+        with self._reading() as txn:
+            return self._read_record(txn, image_id)
+
+    def records(self) -> list[ImageRecord]:
+        with self._reading() as txn:
+            return [self._decode_record(key_id(key), value) for key, value in txn.cursor(db=self._images)]
+
+    def id_for_name(self, file_name: str) -> int | None:
+        with self._reading() as txn:
+            key = txn.get(file_name.encode(), db=self._names)
+            return None if key is None else key_id(key)
+
+    def names_for(self, image_ids: list[int]) -> list[str | None]:
+        with self._reading() as txn:
+            return [(r.file_name if (r := self._read_record(txn, i)) else None) for i in image_ids]
+
+    def feature(self, engine: str, image_id: int) -> np.ndarray | None:
+        with self._reading() as txn:
+            value = txn.get(id_key(image_id), db=self._features[engine])
+            return None if value is None else np.frombuffer(value, self.specs[engine].dtype).copy()
+
+    def count(self, engine: str | None = None) -> int:
+        with self._reading() as txn:
+            db = self._images if engine is None else self._features[engine]
+            return txn.stat(db)["entries"]
+
+    def max_id(self) -> int:
+        with self._reading() as txn:
+            cursor = txn.cursor(db=self._images)
+            return key_id(cursor.key()) if cursor.last() else -1
+
+    def read_features(self, engine: str, image_ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, features) of every stored feature of `engine`, or of those of `image_ids` present."""
+        spec = self.specs[engine]
+        with self._reading() as txn:
+            db = self._features[engine]
+            if image_ids is None:
+                n = txn.stat(db)["entries"]
+                ids = np.empty(n, np.int64)
+                features = np.empty((n, spec.width), spec.dtype)
+                for row, (key, value) in enumerate(txn.cursor(db=db)):
+                    ids[row] = key_id(key)
+                    features[row] = np.frombuffer(value, spec.dtype)
+                return ids, features
+            found = [(i, v) for i in image_ids if (v := txn.get(id_key(i), db=db)) is not None]
+            ids = np.array([i for i, _ in found], np.int64)
+            features = np.empty((len(found), spec.width), spec.dtype)
+            for row, (_, value) in enumerate(found):
+                features[row] = np.frombuffer(value, spec.dtype)
+            return ids, features
+
+    def journal_seq(self, engine: str) -> int:
+        with self._reading() as txn:
+            return self._seq(txn, engine)
+
+    def journal_since(self, engine: str, seq: int) -> set[int] | None:
+        """Ids touched after `seq`; None when the journal cannot say (trimmed past it, or `seq` is ahead)."""
+        with self._reading() as txn:
+            current = self._seq(txn, engine)
+            if seq >= current:
+                return set() if seq == current else None
+            cursor = txn.cursor(db=self._journals[engine])
+            if not cursor.first() or key_id(cursor.key()) > seq + 1:
+                return None
+            cursor.set_range(id_key(seq + 1))
+            return {key_id(value) for value in cursor.iternext(keys=False, values=True)}
+
+    def disk_bytes(self) -> int:
+        info, stat = self._env.info(), self._env.stat()
+        return (info["last_pgno"] + 1) * stat["psize"]
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _check_version(self, txn: lmdb.Transaction) -> str:
+        version = txn.get(b"version", db=self._meta)
+        if version is None:
+            txn.put(b"version", str(SCHEMA_VERSION).encode(), db=self._meta)
+            txn.put(b"uuid", uuid.uuid4().hex.encode(), db=self._meta)
+        elif int(version) > SCHEMA_VERSION:
+            raise StoreVersionError(
+                f"this data directory was written by a newer lookalike (schema {int(version)}; "
+                f"this version reads up to {SCHEMA_VERSION}): upgrade lookalike"
+            )
+        return txn.get(b"uuid", db=self._meta).decode()
+
+    def _delete(self, txn: lmdb.Transaction, image_id: int, engines: list[str]) -> list[str]:
+        key = id_key(image_id)
+        deleted = [name for name in engines if txn.delete(key, db=self._features[name])]
+        for name in deleted:
+            self._journal(txn, name, image_id)
+        if not any(txn.get(key, db=self._features[name]) is not None for name in self.specs):
+            record = self._read_record(txn, image_id)
+            if record is not None:
+                txn.delete(key, db=self._images)
+                if record.file_name:
+                    txn.delete(record.file_name.encode(), db=self._names)
+        return deleted
+
+    def _journal(self, txn: lmdb.Transaction, engine: str, image_id: int) -> None:
+        seq = self._seq(txn, engine) + 1
+        txn.put(f"seq:{engine}".encode(), id_key(seq), db=self._meta)
+        txn.put(id_key(seq), id_key(image_id), db=self._journals[engine])
+
+    def _seq(self, txn: lmdb.Transaction, engine: str) -> int:
+        value = txn.get(f"seq:{engine}".encode(), db=self._meta)
+        return 0 if value is None else key_id(value)
+
+    def _feature_bytes(self, engine: str, feature: np.ndarray) -> bytes:
+        spec = self.specs[engine]
+        feature = np.ascontiguousarray(feature, dtype=spec.dtype)
+        if feature.shape != (spec.width,):
+            raise ValueError(f"{engine} feature has shape {feature.shape}, expected ({spec.width},)")
+        return feature.tobytes()
+
+    def _put_record(self, txn: lmdb.Transaction, record: ImageRecord) -> None:
+        key = id_key(record.image_id)
+        txn.put(key, _RECORD.pack(record.size, record.mtime_ns) + record.file_name.encode(), db=self._images)
+        if record.file_name:
+            txn.put(record.file_name.encode(), key, db=self._names)
+
+    def _read_record(self, txn: lmdb.Transaction, image_id: int) -> ImageRecord | None:
+        value = txn.get(id_key(image_id), db=self._images)
+        return None if value is None else self._decode_record(image_id, value)
+
+    @staticmethod
+    def _decode_record(image_id: int, value: bytes) -> ImageRecord:
+        size, mtime_ns = _RECORD.unpack_from(value)
+        return ImageRecord(image_id, bytes(value[_RECORD.size :]).decode(), size, mtime_ns)
+
+    @contextmanager
+    def _reading(self) -> Iterator[lmdb.Transaction]:
+        # buffers=True: values are memoryviews into the map, valid only inside the transaction.
+        with self._resizing.shared(), self._env.begin(buffers=True) as txn:
+            yield txn
+
+    def _write(self, work: Callable[[lmdb.Transaction], T]) -> T:
+        """Run `work` in one write transaction, doubling the map and retrying when it is full."""
+        while True:
+            try:
+                with self._resizing.shared(), self._env.begin(write=True) as txn:
+                    return work(txn)
+            except lmdb.MapFullError:
+                with self._resizing.exclusive():
+                    self._env.set_mapsize(self._env.info()["map_size"] * 2)
+
+
+class _SharedExclusiveLock:
+    """LMDB may only grow its map while no transaction of this process is open."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._readers = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._condition:
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._readers -= 1
+                self._condition.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: self._readers == 0)
+            yield

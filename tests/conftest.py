@@ -1,0 +1,35 @@
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from photos import photos as load_photos  # noqa: E402
+
+from lookalike.api import create_app  # noqa: E402
+from lookalike.config import Settings  # noqa: E402
+from lookalike.library import Library  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def photos():
+    return load_photos()
+
+
+@pytest.fixture
+def library(tmp_path):
+    with Library(tmp_path / "data", ["phash", "color"]) as library:
+        yield library
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(data_dir=tmp_path / "service", max_upload_bytes=5 * 2**20, max_pixels=40_000_000)
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings)) as client:
+        yield client
