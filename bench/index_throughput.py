@@ -1,0 +1,128 @@
+"""`lookalike index DIR` end to end, all engines (phash + color), on all cores: images/s.
+
+The folder holds 200 gallery-sized JPEGs (4000x3000 or 3000x4000, quality 90): the 46 test photos
+in 5 variants (as is, mirrored, 90% centre crop resized back, 15% brighter, rotated 180 degrees),
+cycled to 200 files. They are generated once (in parallel) into bench/results/cache/index_folder and
+reused; they are in the page cache when timed, so this measures CPU, not disk.
+
+Each run is the real CLI as a subprocess, `lookalike index DIR --data-dir TMP` with a fresh data
+dir, timed wall-clock from start to exit (process start-up, spawn of the worker pool, decode, features,
+LMDB commits and saving the FAISS indexes included). Also timed: the same command again on the
+filled data dir (incremental: nothing changed), and on an empty folder (the fixed start-up cost).
+
+Run: .venv/bin/python bench/index_throughput.py [--files 200] [--repeat 3]
+"""
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from PIL import Image, ImageEnhance, ImageOps
+
+import common
+
+LOOKALIKE = Path(sys.executable).parent / "lookalike"
+VARIANTS = ["original", "mirror", "crop90", "bright", "rot180"]
+
+
+def make_variant(job: tuple[Path, bytes, str]) -> None:
+    path, data, variant = job
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    if variant == "mirror":
+        image = ImageOps.mirror(image)
+    elif variant == "crop90":
+        width, height = image.size
+        dx, dy = round(width * 0.05), round(height * 0.05)
+        image = image.crop((dx, dy, width - dx, height - dy)).resize((width, height), Image.Resampling.BICUBIC)
+    elif variant == "bright":
+        image = ImageEnhance.Brightness(image).enhance(1.15)
+    elif variant == "rot180":
+        image = image.transpose(Image.Transpose.ROTATE_180)
+    path.write_bytes(common.jpeg(image))
+
+
+def index_folder(files: int) -> Path:
+    folder = common.CACHE_DIR / f"index_folder_{files}"
+    if folder.is_dir() and len(list(folder.glob("*.jpg"))) == files:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = list(common.gallery_jpegs().items())
+    jobs = []
+    for i in range(files):
+        name, data = photos[i % len(photos)]
+        variant = VARIANTS[(i // len(photos)) % len(VARIANTS)]
+        jobs.append((folder / f"{i:04d}-{name}-{variant}.jpg", data, variant))
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(make_variant, jobs))
+    return folder
+
+
+def run_index(folder: Path, data_dir: Path, workers: int | None = None) -> tuple[float, str]:
+    command = [str(LOOKALIKE), "index", str(folder), "--data-dir", str(data_dir)]
+    if workers:
+        command += ["--workers", str(workers)]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr}")
+    summary = [line for line in done.stderr.splitlines() if line.startswith("indexed")]
+    return seconds, summary[-1] if summary else ""
+
+
+def stored(data_dir: Path) -> dict:
+    out = subprocess.run([str(LOOKALIKE), "stats", "--data-dir", str(data_dir)], capture_output=True, text=True)
+    return json.loads(out.stdout)["engines"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    folder = index_folder(args.files)
+    megabytes = sum(p.stat().st_size for p in folder.glob("*.jpg")) / 2**20
+    for path in folder.glob("*.jpg"):  # warm the page cache
+        path.read_bytes()
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = Path(tmp, "empty")
+        empty.mkdir()
+        rows = []
+        for label, workers in [(f"all cores ({os.cpu_count()} workers)", None), ("1 worker", 1)]:
+            full, again = [], []
+            for r in range(args.repeat):
+                data_dir = Path(tmp, f"data-{workers}-{r}")
+                seconds, summary = run_index(folder, data_dir, workers)
+                full.append(seconds)
+                assert summary.startswith(f"indexed {args.files},"), summary
+                counts = stored(data_dir)
+                assert all(c == {"features": args.files, "indexed": args.files} for c in counts.values()), counts
+                seconds, summary = run_index(folder, data_dir, workers)
+                again.append(seconds)
+                assert summary.startswith(f"indexed 0, unchanged {args.files}"), summary
+            first = common.median(full)
+            rows.append([label, f"{first:.2f}", f"{args.files / first:.1f}", f"{common.median(again):.2f}"])
+            results[label] = {"first_run_s": full, "second_run_s": again}
+        startup = [run_index(empty, Path(tmp, f"data-empty-{r}"))[0] for r in range(args.repeat)]
+        results["empty_folder_s"] = startup
+
+    print(f"## `lookalike index` end to end ({args.files} JPEGs, 4000x3000 q90, {megabytes:.0f} MiB; "
+          f"phash + color; median of {args.repeat})\n")
+    print(common.table(["workers", "first run, s", "images/s", "second run (nothing changed), s"], rows))
+    print(f"\nStart-up alone (`lookalike index` of an empty folder, fresh data dir): "
+          f"{common.median(startup):.2f} s.")
+    print(f"\n{common.machine_markdown()}")
+    common.save_json("index_throughput", {"files": args.files, "megabytes": megabytes, "results": results})
+
+
+if __name__ == "__main__":
+    main()

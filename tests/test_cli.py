@@ -1,0 +1,191 @@
+"""The `lookalike` command, run as a user runs it: incremental indexing, interruption, crashes, search, dupes."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import ImageOps
+
+from lookalike.engines import create_engine
+from lookalike.library import Library
+from lookalike.store import FeatureStore
+from photos import encode
+
+ENGINES = ["phash", "color"]
+
+
+def lookalike(data_dir: Path, *args: str, **options) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LOOKALIKE_DATA_DIR": str(data_dir)}
+    return subprocess.run([sys.executable, "-m", "lookalike", *args], env=env, capture_output=True, text=True, **options)
+
+
+def start_indexing(data_dir: Path, folder: Path) -> subprocess.Popen:
+    env = {**os.environ, "LOOKALIKE_DATA_DIR": str(data_dir)}
+    command = [sys.executable, "-m", "lookalike", "index", str(folder), "--workers", "2"]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory, photos) -> Path:
+    """A small gallery: photos, a mirrored copy, integer-named files, a subfolder and a broken file."""
+    folder = tmp_path_factory.mktemp("gallery")
+    (folder / "nested").mkdir()
+    for number, name in enumerate(["astronaut", "coffee", "chelsea", "rocket"]):
+        (folder / f"{name}.jpg").write_bytes(encode(photos[name]))
+        (folder / "nested" / f"{1000 + number}.png").write_bytes(encode(photos[f"pexels-{_interior(photos)[number]}"], "PNG"))
+    (folder / "astronaut-mirrored.jpg").write_bytes(encode(ImageOps.mirror(photos["astronaut"])))
+    (folder / "broken.jpg").write_bytes(encode(photos["coffee"])[:500])
+    (folder / "notes.txt").write_text("not an image and not an image suffix")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def big_gallery(tmp_path_factory, photos) -> Path:
+    """Enough files that indexing takes several seconds and commits several batches."""
+    folder = tmp_path_factory.mktemp("big")
+    rng = np.random.default_rng(3)
+    sources = list(photos.values())
+    for number in range(700):
+        photo = sources[number % len(sources)]
+        width, height = photo.size
+        left, top = int(rng.integers(0, width // 3)), int(rng.integers(0, height // 3))
+        tile = photo.crop((left, top, left + width // 2, top + height // 2)).resize((400, 300))
+        (folder / f"tile{number:04d}.jpg").write_bytes(encode(tile))
+    return folder
+
+
+def test_index_is_incremental_and_names_become_ids(tmp_path, gallery, photos):
+    gallery = Path(shutil.copytree(gallery, tmp_path / "gallery"))
+    first = lookalike(tmp_path, "index", str(gallery))
+    assert first.returncode == 0, first.stderr
+    assert "indexed 9, unchanged 0, removed 0 (gone from disk), failed 1" in first.stderr
+    assert "broken.jpg" in first.stderr and "truncated" in first.stderr
+    with Library(tmp_path, ENGINES) as library:
+        assert library.store.count() == 9
+        for number in range(4):
+            record = library.store.record(1000 + number)
+            assert record is not None and record.file_name == str(gallery / "nested" / f"{1000 + number}.png")
+        other_ids = {library.id_for_name(str(gallery / f"{n}.jpg")) for n in ["astronaut", "coffee", "chelsea"]}
+        assert len(other_ids) == 3 and min(other_ids) > 1003  # fresh ids never take a numeric name's id
+
+    again = lookalike(tmp_path, "index", str(gallery))
+    assert "indexed 0, unchanged 9" in again.stderr
+
+    (gallery / "chelsea.jpg").unlink()
+    (gallery / "coffee.jpg").write_bytes(encode(ImageOps.grayscale(photos["rocket"]).convert("RGB")))
+    changed = lookalike(tmp_path, "index", str(gallery))
+    assert "indexed 1, unchanged 7, removed 1" in changed.stderr
+    with Library(tmp_path, ENGINES) as library:
+        assert library.id_for_name(str(gallery / "coffee.jpg")) in other_ids  # same id, new features
+        assert library.store.id_for_name(str(gallery / "chelsea.jpg")) is None
+
+
+def test_search_dupes_and_stats(tmp_path, gallery, photos):
+    lookalike(tmp_path, "index", str(gallery))
+    query = tmp_path / "query.jpg"
+    query.write_bytes(encode(photos["rocket"], "JPEG", quality=40))
+    found = json.loads(lookalike(tmp_path, "search", str(query), "-k", "2", "--json").stdout)
+    assert set(found) == set(ENGINES)
+    assert found["phash"][0]["file_name"] == str(gallery / "rocket.jpg") and len(found["phash"]) == 2
+    only_color = json.loads(lookalike(tmp_path, "search", str(query), "--engine", "color", "--json").stdout)
+    assert list(only_color) == ["color"]
+
+    groups = json.loads(lookalike(tmp_path, "dupes", "--json").stdout)
+    names = [{Path(m["file_name"]).name for m in group} for group in groups]
+    assert {"astronaut.jpg", "astronaut-mirrored.jpg"} not in names  # stored hashes are not mirrored
+    strict = json.loads(lookalike(tmp_path, "dupes", "--json", "--threshold", "0").stdout)
+    assert strict == []
+
+    stats = json.loads(lookalike(tmp_path, "stats").stdout)
+    assert stats["engines"]["phash"] == {"features": stats["images"], "indexed": stats["images"]}
+
+    table = lookalike(tmp_path, "search", str(query), "-k", "1")
+    assert table.returncode == 0 and "rocket.jpg" in table.stdout
+
+
+def test_duplicates_are_grouped(tmp_path, photos):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ["astronaut", "coffee", "rocket"]:
+        (folder / f"{name}.jpg").write_bytes(encode(photos[name]))
+        (folder / f"{name}-small.png").write_bytes(encode(photos[name].resize((200, 150)), "PNG"))
+    lookalike(tmp_path / "data", "index", str(folder))
+    groups = json.loads(lookalike(tmp_path / "data", "dupes", "--json").stdout)
+    assert sorted(sorted(Path(m["file_name"]).name for m in group) for group in groups) == [
+        ["astronaut-small.png", "astronaut.jpg"],
+        ["coffee-small.png", "coffee.jpg"],
+        ["rocket-small.png", "rocket.jpg"],
+    ]
+
+
+def test_sigkill_mid_run_leaves_a_consistent_library_and_a_rerun_completes(tmp_path, big_gallery):
+    total = len(list(big_gallery.iterdir()))
+    process = start_indexing(tmp_path, big_gallery)
+    committed = wait_for_some_commits(tmp_path, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 0 < committed < total, "the kill must land mid-run"
+
+    with Library(tmp_path, ENGINES) as library:
+        assert_consistent(library)
+        survived = library.store.count()
+        assert survived >= committed
+    rerun = lookalike(tmp_path, "index", str(big_gallery))
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"indexed {total - survived}, unchanged {survived}" in rerun.stderr
+    with Library(tmp_path, ENGINES) as library:
+        assert library.store.count() == total
+        assert_consistent(library)
+
+
+def test_ctrl_c_keeps_what_was_indexed_and_says_how_to_resume(tmp_path, big_gallery):
+    total = len(list(big_gallery.iterdir()))
+    process = start_indexing(tmp_path, big_gallery)
+    wait_for_some_commits(tmp_path, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "run the same command to resume" in stderr
+    with Library(tmp_path, ENGINES) as library:
+        assert_consistent(library)
+        kept = library.store.count()
+        assert 0 < kept < total
+    rerun = lookalike(tmp_path, "index", str(big_gallery))
+    assert f"indexed {total - kept}, unchanged {kept}" in rerun.stderr
+
+
+def wait_for_some_commits(data_dir: Path, process: subprocess.Popen) -> int:
+    """Poll the store (LMDB allows readers in other processes) until a batch has committed."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        if (data_dir / "store" / "data.mdb").exists():
+            store = FeatureStore(data_dir / "store", {n: create_engine(n).spec for n in ENGINES})
+            count = store.count()
+            store.close()
+            if count:
+                return count
+        time.sleep(0.05)
+    raise AssertionError("no batch committed within 60 s")
+
+
+def assert_consistent(library: Library) -> None:
+    """Every record has a feature in every engine, and every index holds exactly the stored features."""
+    ids = {record.image_id for record in library.store.records()}
+    for name, index in library.indexes.items():
+        stored_ids, features = library.store.read_features(name)
+        assert set(stored_ids.tolist()) == ids
+        assert index.ntotal == len(ids)
+        for image_id, feature in list(zip(stored_ids, features))[::25]:
+            assert np.array_equal(index.reconstruct(int(image_id)), feature)
+
+
+def _interior(photos) -> list[str]:
+    return sorted(name.removeprefix("pexels-") for name in photos if name.startswith("pexels-"))

@@ -1,0 +1,171 @@
+"""The LMDB store and the FAISS indexes derived from it: atomicity, growth, reopening, catching up."""
+
+import numpy as np
+import pytest
+
+import lookalike.store
+from lookalike.engines import create_engine
+from lookalike.errors import Conflict, LookalikeError, NotFound, StoreVersionError
+from lookalike.index import FeatureIndex, Marker
+from lookalike.library import Library
+from lookalike.store import FeatureStore, ImageRecord
+from photos import encode
+
+SPECS = {name: create_engine(name).spec for name in ["phash", "color"]}
+rng = np.random.default_rng(7)
+
+
+def random_features(n: int) -> dict[str, np.ndarray]:
+    histograms = rng.dirichlet(np.full(512, 0.05), n).astype(np.float32)
+    return {"phash": rng.integers(0, 256, (n, 72), dtype=np.uint8), "color": histograms}
+
+
+def fill(library: Library, n: int, start: int = 0) -> dict[str, np.ndarray]:
+    features = random_features(n)
+    library.add_many(
+        [(ImageRecord(start + i, f"img{start + i}.jpg"), {k: v[i] for k, v in features.items()}) for i in range(n)]
+    )
+    return features
+
+
+def assert_index_equals_store(library: Library) -> None:
+    for name, index in library.indexes.items():
+        ids, features = library.store.read_features(name)
+        assert index.ntotal == len(ids)
+        for image_id, feature in zip(ids[:: max(1, len(ids) // 50)], features[:: max(1, len(ids) // 50)]):
+            assert np.array_equal(index.reconstruct(int(image_id)), feature)
+
+
+class TestStore:
+    def test_add_is_all_or_nothing(self, tmp_path):
+        store = FeatureStore(tmp_path, SPECS)
+        good = random_features(1)
+        bad = {"phash": good["phash"][0], "color": np.zeros(3, np.float32)}  # wrong width
+        with pytest.raises(ValueError):
+            store.add(ImageRecord(1, "a.jpg"), bad)
+        assert store.count() == 0 and store.count("phash") == 0 and store.id_for_name("a.jpg") is None
+        assert store.journal_seq("phash") == 0
+
+    def test_conflicts(self, tmp_path):
+        store = FeatureStore(tmp_path, SPECS)
+        features = {k: v[0] for k, v in random_features(1).items()}
+        store.add(ImageRecord(1, "a.jpg"), features)
+        with pytest.raises(Conflict, match="already in engine"):
+            store.add(ImageRecord(1, "a.jpg"), {"phash": features["phash"]})
+        with pytest.raises(Conflict, match="already belongs to image 1"):
+            store.add(ImageRecord(2, "a.jpg"), features)
+        with pytest.raises(NotFound):
+            store.delete(99)
+
+    def test_record_goes_with_the_last_feature(self, tmp_path):
+        store = FeatureStore(tmp_path, SPECS)
+        store.add(ImageRecord(5, "x.png"), {k: v[0] for k, v in random_features(1).items()})
+        assert store.delete(5, ["phash"]) == ["phash"]
+        assert store.record(5) is not None and store.id_for_name("x.png") == 5
+        assert store.delete(5, ["color"]) == ["color"]
+        assert store.record(5) is None and store.id_for_name("x.png") is None
+
+    def test_map_grows_by_itself(self, tmp_path, monkeypatch):
+        monkeypatch.setattr(lookalike.store, "_INITIAL_MAP_SIZE", 1 << 20)
+        store = FeatureStore(tmp_path, SPECS)
+        for start in range(0, 3000, 500):  # ~6 MB of colour histograms into a 1 MB map
+            features = random_features(500)
+            for i in range(500):
+                store.add(ImageRecord(start + i, ""), {k: v[i] for k, v in features.items()})
+        assert store.count("color") == 3000
+        assert store._env.info()["map_size"] > 1 << 20
+
+    def test_newer_schema_is_refused(self, tmp_path):
+        store = FeatureStore(tmp_path, SPECS)
+        store._write(lambda txn: txn.put(b"version", b"99", db=store._meta))
+        store.close()
+        with pytest.raises(StoreVersionError, match="newer lookalike"):
+            FeatureStore(tmp_path, SPECS)
+
+
+class TestIndex:
+    def test_l1_threshold_search_is_exact(self):
+        spec = SPECS["color"]
+        features = random_features(2000)["color"]
+        index = FeatureIndex(spec)
+        index.add(np.arange(2000) * 3, features)
+        query = features[:1]
+        truth = np.abs(features - query).sum(axis=1)
+        threshold = float(np.sort(truth)[300])  # needs several rounds of growing k
+        found = index.search_within(query, threshold)
+        assert {n.image_id for n in found} == set(np.flatnonzero(truth <= threshold) * 3)
+        assert [n.distance for n in found] == sorted(n.distance for n in found)
+
+    def test_hamming_threshold_is_inclusive_and_variants_merge(self):
+        index = FeatureIndex(SPECS["phash"])
+        codes = random_features(500)["phash"]
+        index.add(np.arange(500), codes)
+        near = codes[0].copy()
+        near[0] ^= 0b111  # 3 bits from image 0
+        found = index.search_within(np.stack([near, codes[1]]), 3)
+        assert {(n.image_id, n.distance) for n in found} == {(0, 3.0), (1, 0.0)}
+        assert [n.image_id for n in index.search(np.stack([near, codes[1]]), 2)] == [1, 0]
+
+    def test_save_and_load_keep_marker_and_contents(self, tmp_path):
+        index = FeatureIndex(SPECS["phash"])
+        codes = random_features(100)["phash"]
+        index.add(np.arange(100), codes)
+        index.save(tmp_path / "p.faiss", Marker("abc", 42))
+        loaded, marker = FeatureIndex.load(tmp_path / "p.faiss", SPECS["phash"])
+        assert marker == Marker("abc", 42) and loaded.ntotal == 100
+        assert np.array_equal(loaded.reconstruct(7), codes[7])
+        assert FeatureIndex.load(tmp_path / "p.faiss", SPECS["color"]) is None  # another feature: refused
+        (tmp_path / "bad.faiss").write_bytes(b"LOOKALIKE-INDEX\n garbage")
+        assert FeatureIndex.load(tmp_path / "bad.faiss", SPECS["phash"]) is None
+
+
+class TestReopen:
+    def test_reopen_after_clean_close(self, tmp_path, photos):
+        with Library(tmp_path, ["phash", "color"]) as library:
+            library.add(1, encode(photos["astronaut"]), "astronaut.jpg")
+            library.add(2, encode(photos["coffee"]), "coffee.jpg")
+            library.delete(2)
+        with Library(tmp_path, ["phash", "color"]) as library:
+            assert library.stats()["engines"]["phash"] == {"features": 1, "indexed": 1}
+            assert library.similar_to_image("phash", encode(photos["astronaut"]), k=1)[0].image_id == 1
+            assert library.store.journal_since("phash", library.store.journal_seq("phash")) == set()
+
+    def test_changes_after_the_last_save_are_replayed_from_the_journal(self, tmp_path):
+        library = Library(tmp_path, ["phash", "color"])
+        fill(library, 300)
+        library.checkpoint()
+        fill(library, 200, start=300)
+        library.delete_many(list(range(0, 50)))
+        crash(library)  # no checkpoint: the saved indexes lag the store
+        with Library(tmp_path, ["phash", "color"]) as library:
+            assert library.store.count("phash") == 450
+            assert_index_equals_store(library)
+
+    def test_index_of_another_store_is_rebuilt(self, tmp_path):
+        with Library(tmp_path / "a", ["phash", "color"]) as library:
+            fill(library, 100)
+        with Library(tmp_path / "b", ["phash", "color"]) as library:
+            fill(library, 30)
+        (tmp_path / "b/indexes/phash.faiss").write_bytes((tmp_path / "a/indexes/phash.faiss").read_bytes())
+        with Library(tmp_path / "b", ["phash", "color"]) as library:
+            assert library.indexes["phash"].ntotal == 30
+            assert_index_equals_store(library)
+
+    def test_missing_or_corrupt_index_is_rebuilt(self, tmp_path):
+        with Library(tmp_path, ["phash", "color"]) as library:
+            fill(library, 100)
+        (tmp_path / "indexes/phash.faiss").unlink()
+        (tmp_path / "indexes/color.faiss").write_bytes(b"not an index")
+        with Library(tmp_path, ["phash", "color"]) as library:
+            assert_index_equals_store(library)
+
+    def test_one_process_per_data_dir(self, tmp_path):
+        with Library(tmp_path, ["phash"]):
+            with pytest.raises(LookalikeError, match="in use"):
+                Library(tmp_path, ["phash"])
+
+
+def crash(library: Library) -> None:
+    """Drop a library the way a killed process would: nothing saved, only what LMDB committed."""
+    library.store.close()
+    library._lock_file.close()
