@@ -8,17 +8,31 @@ import asyncio
 import contextlib
 from typing import Annotated
 
-from fastapi import Body, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Body, FastAPI, File, Form, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
 from .config import Settings
 from .errors import ImageTooLarge, LookalikeError
-from .library import Library, Match, check_image_id
+from .library import Library, Match
+from .store import MAX_IMAGE_ID
 
-K = Annotated[int | None, Field(ge=1, le=10_000)]
-THRESHOLD = Annotated[float | None, Field(ge=0)]
+MAX_K = 10_000
+# The same bounds for JSON bodies (Field), multipart forms (Form), query strings and paths.
+K = Annotated[int | None, Field(ge=1, le=MAX_K)]
+Threshold = Annotated[float | None, Field(ge=0, allow_inf_nan=False)]
+ImageId = Annotated[int, Field(ge=0, le=MAX_IMAGE_ID)]
+KForm = Annotated[int | None, Form(ge=1, le=MAX_K)]
+ThresholdForm = Annotated[float | None, Form(ge=0, allow_inf_nan=False)]
+KQuery = Annotated[int | None, Query(ge=1, le=MAX_K)]
+ThresholdQuery = Annotated[float | None, Query(ge=0, allow_inf_nan=False)]
+ImageIdForm = Annotated[int, Form(ge=0, le=MAX_IMAGE_ID)]
+ImageIdPath = Annotated[int, Path(ge=0, le=MAX_IMAGE_ID)]
+FileNameForm = Annotated[str | None, Form(description="Name to find the image by; optional")]
+ImageFile = Annotated[UploadFile, File(description="The image: JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC or AVIF")]
 
 
 class MatchOut(BaseModel):
@@ -28,7 +42,7 @@ class MatchOut(BaseModel):
 
 
 class DeleteRequest(BaseModel):
-    image_id: int | None = None
+    image_id: ImageId | None = None
     file_name: str | None = None
 
     @model_validator(mode="after")
@@ -39,9 +53,9 @@ class DeleteRequest(BaseModel):
 
 
 class SimilarByIdRequest(BaseModel):
-    image_id: int
+    image_id: ImageId
     k: K = None
-    distance_threshold: THRESHOLD = None
+    distance_threshold: Threshold = None
 
 
 def create_app(settings: Settings | None = None, library: Library | None = None) -> FastAPI:
@@ -64,20 +78,26 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
     async def lookalike_error(request: Request, exc: LookalikeError) -> JSONResponse:
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each bad input: an upload's bytes, or a NaN that JSON cannot carry.
+        errors = [{key: value for key, value in error.items() if key != "input"} for error in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
     # -- every engine at once --------------------------------------------------------------------
 
     @app.post("/images", status_code=201, tags=["all engines"])
     def add_everywhere(
         request: Request,
-        image: UploadFile = File(),
-        image_id: int = Form(),
-        file_name: str | None = Form(None),
+        image: ImageFile,
+        image_id: ImageIdForm,
+        file_name: FileNameForm = None,
     ):
         """Add an image to every engine in one transaction."""
         return add(request, None, image, image_id, file_name)
 
     @app.delete("/images/{image_id}", tags=["all engines"])
-    def delete_everywhere(request: Request, image_id: int):
+    def delete_everywhere(request: Request, image_id: ImageIdPath):
         return delete(request, None, image_id, None)
 
     @app.delete("/images", tags=["all engines"])
@@ -87,9 +107,9 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
     @app.post("/search", tags=["all engines"])
     def search_everywhere(
         request: Request,
-        image: UploadFile = File(),
-        k: K = Form(None),
-        distance_threshold: THRESHOLD = Form(None),
+        image: ImageFile,
+        k: KForm = None,
+        distance_threshold: ThresholdForm = None,
     ) -> dict[str, list[MatchOut]]:
         """Every engine's answer for one image."""
         found = lib(request).search_all(read_upload(request, image), k, distance_threshold)
@@ -109,14 +129,14 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
     def add_to_engine(
         request: Request,
         engine: str,
-        image: UploadFile = File(),
-        image_id: int = Form(),
-        file_name: str | None = Form(None),
+        image: ImageFile,
+        image_id: ImageIdForm,
+        file_name: FileNameForm = None,
     ):
         return add(request, [engine], image, image_id, file_name)
 
     @app.delete("/engines/{engine}/images/{image_id}", tags=["one engine"])
-    def delete_from_engine(request: Request, engine: str, image_id: int):
+    def delete_from_engine(request: Request, engine: str, image_id: ImageIdPath):
         return delete(request, [engine], image_id, None)
 
     @app.delete("/engines/{engine}/images", tags=["one engine"])
@@ -125,7 +145,7 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
 
     @app.get("/engines/{engine}/images/{image_id}/similar", tags=["one engine"])
     def similar_to_id(
-        request: Request, engine: str, image_id: int, k: K = Query(None), distance_threshold: THRESHOLD = Query(None)
+        request: Request, engine: str, image_id: ImageIdPath, k: KQuery = None, distance_threshold: ThresholdQuery = None
     ) -> list[MatchOut]:
         """Stored images like a stored one, itself left out."""
         return _out(lib(request).similar_to_id(engine, image_id, k, distance_threshold))
@@ -134,9 +154,9 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
     def similar_to_image(
         request: Request,
         engine: str,
-        image: UploadFile = File(),
-        k: K = Form(None),
-        distance_threshold: THRESHOLD = Form(None),
+        image: ImageFile,
+        k: KForm = None,
+        distance_threshold: ThresholdForm = None,
     ) -> list[MatchOut]:
         return _out(lib(request).similar_to_image(engine, read_upload(request, image), k, distance_threshold))
 
@@ -151,8 +171,8 @@ def _add_legacy_routes(app: FastAPI, engine: str) -> None:
     tags = [f"{engine} (original endpoint names)"]
 
     @app.post(f"/calculate_{engine}_features", tags=tags)
-    def calculate(request: Request, image: UploadFile = File(), image_id: int = Form()):
-        return add(request, [engine], image, image_id, None)
+    def calculate(request: Request, image: ImageFile, image_id: ImageIdForm, file_name: FileNameForm = None):
+        return add(request, [engine], image, image_id, file_name)
 
     @app.post(f"/delete_{engine}_features", tags=tags)
     def delete_features(request: Request, body: DeleteRequest = Body()):
@@ -164,7 +184,7 @@ def _add_legacy_routes(app: FastAPI, engine: str) -> None:
 
     @app.post(f"/{engine}_get_similar_images_by_image_buffer", tags=tags)
     def by_image(
-        request: Request, image: UploadFile = File(), k: K = Form(None), distance_threshold: THRESHOLD = Form(None)
+        request: Request, image: ImageFile, k: KForm = None, distance_threshold: ThresholdForm = None
     ) -> list[MatchOut]:
         return _out(lib(request).similar_to_image(engine, read_upload(request, image), k, distance_threshold))
 
@@ -182,8 +202,8 @@ def read_upload(request: Request, image: UploadFile) -> bytes:
 
 
 def add(request: Request, engines: list[str] | None, image: UploadFile, image_id: int, file_name: str | None):
-    check_image_id(image_id)
-    lib(request).add(image_id, read_upload(request, image), file_name or image.filename or "", engines)
+    # Only an explicit file_name names the image: uploads from browsers are all called "blob".
+    lib(request).add(image_id, read_upload(request, image), file_name or "", engines)
     return {"image_id": image_id}
 
 

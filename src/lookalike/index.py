@@ -75,8 +75,7 @@ class FeatureIndex:
             if self._index.ntotal == 0:
                 return []
             if self.spec.metric == "hamming":
-                # FAISS's binary range search keeps distances strictly below the radius.
-                limits, distances, ids = self._index.range_search(queries, int(np.floor(threshold)) + 1)
+                limits, distances, ids = self._index.range_search(queries, self._hamming_radius(threshold))
                 return _merge(distances[None, :], ids[None, :])
             # FAISS has no range search for L1: search ever larger k until the farthest is beyond.
             k = min(_RANGE_FIRST_K, self._index.ntotal)
@@ -97,7 +96,7 @@ class FeatureIndex:
         for start in range(0, len(ids), batch):
             with self._lock:
                 limits, distances, found = self._index.range_search(
-                    self._as_rows(features[start : start + batch]), int(np.floor(threshold)) + 1
+                    self._as_rows(features[start : start + batch]), self._hamming_radius(threshold)
                 )
             queries = np.repeat(ids[start : start + batch], np.diff(limits).astype(np.int64))
             yield queries, found, distances
@@ -139,6 +138,10 @@ class FeatureIndex:
         except (OSError, ValueError, KeyError, TypeError, RuntimeError):
             return None
         return cls(spec, index), Marker(**header["marker"])
+
+    def _hamming_radius(self, threshold: float) -> int:
+        # FAISS keeps distances strictly below the radius, a C int: no distance exceeds the bit count.
+        return int(np.floor(min(threshold, self.spec.dim))) + 1
 
     def _as_rows(self, features: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.atleast_2d(features), dtype=self.spec.dtype)

@@ -80,6 +80,7 @@ class Library:
                     index.add(np.array([i for i, _ in rows]), np.stack([f for _, f in rows]))
 
     def delete(self, image_id: int, engines: list[str] | None = None) -> list[str]:
+        check_image_id(image_id)
         engines = self._engine_names(engines)
         with self._write_lock:
             deleted = self.store.delete(image_id, engines)
@@ -103,7 +104,9 @@ class Library:
 
     def similar_to_id(self, engine: str, image_id: int, k: int | None = None, threshold: float | None = None):
         """Images like a stored one, itself left out."""
-        feature = self.store.feature(self._engine_names([engine])[0], image_id)
+        check_image_id(image_id)
+        self._engine_names([engine])
+        feature = self.store.feature(engine, image_id)
         if feature is None:
             raise NotFound(f"image {image_id} is not in the {engine} engine")
         matches = self._search(engine, feature[None], k + 1 if k is not None else None, threshold)
@@ -201,12 +204,12 @@ class Library:
                 index.remove(touched)
                 index.add(*self.store.read_features(name, sorted(touched)))
                 return index
-        if path.exists() or self.store.count(name):
-            log.warning("%s index: missing or out of step with the store; rebuilding", name)
         started = time.perf_counter()
         index = FeatureIndex(spec)
         index.add(*self.store.read_features(name))
-        log.info("%s index: rebuilt %d features in %.1f s", name, index.ntotal, time.perf_counter() - started)
+        if index.ntotal:
+            log.warning("%s index: missing or out of step with the store; rebuilt %d features in %.1f s",
+                        name, index.ntotal, time.perf_counter() - started)
         return index
 
     def _index_path(self, name: str) -> Path:
