@@ -19,5 +19,6 @@ photos:
 test: $(VENV)/.installed photos
 	LOOKALIKE_TEST_PHOTOS=$(PHOTOS) $(VENV)/bin/python -m pytest
 
-bench: $(VENV)/.installed photos
+bench: $(VENV)/.installed
+	scripts/fetch-photos $(PHOTOS) --with-mvtb
 	LOOKALIKE_TEST_PHOTOS=$(PHOTOS) $(VENV)/bin/python bench/run_all.py

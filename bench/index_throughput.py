@@ -2,13 +2,16 @@
 
 The folder holds 200 gallery-sized JPEGs (4000x3000 or 3000x4000, quality 90): the 46 test photos
 in 5 variants (as is, mirrored, 90% centre crop resized back, 15% brighter, rotated 180 degrees),
-cycled to 200 files. They are generated once (in parallel) into bench/results/cache/index_folder and
-reused; they are in the page cache when timed, so this measures CPU, not disk.
+cycled to 200 files. They are generated once (in parallel) into
+bench/results/cache/index_folder_<files> and reused; they are in the page cache when timed, so this
+measures CPU, not disk.
 
 Each run is the real CLI as a subprocess, `lookalike index DIR --data-dir TMP` with a fresh data
 dir, timed wall-clock from start to exit (process start-up, spawn of the worker pool, decode, features,
 LMDB commits and saving the FAISS indexes included). Also timed: the same command again on the
-filled data dir (incremental: nothing changed), and on an empty folder (the fixed start-up cost).
+filled data dir (incremental: nothing changed), an empty folder (the fixed start-up cost), and a
+folder of 5x the files (hard links to the same JPEGs under 5 sub-folders: other paths, so all are
+decoded again) whose extra time over the small folder gives the marginal (steady-state) rate.
 
 Run: .venv/bin/python bench/index_throughput.py [--files 200] [--repeat 3]
 """
@@ -17,6 +20,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,30 +100,43 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         empty = Path(tmp, "empty")
         empty.mkdir()
-        rows = []
-        for label, workers in [(f"all cores ({os.cpu_count()} workers)", None), ("1 worker", 1)]:
+        big = Path(tmp, "big")
+        for copy in range(5):
+            Path(big, str(copy)).mkdir(parents=True)
+            for path in folder.glob("*.jpg"):
+                try:
+                    os.link(path, big / str(copy) / path.name)
+                except OSError:  # another file system: copy instead
+                    shutil.copyfile(path, big / str(copy) / path.name)
+        rows, first = [], {}
+        cases = [(folder, args.files, None), (folder, args.files, 1), (big, 5 * args.files, None)]
+        for number, (directory, files, workers) in enumerate(cases):
             full, again = [], []
             for r in range(args.repeat):
-                data_dir = Path(tmp, f"data-{workers}-{r}")
-                seconds, summary = run_index(folder, data_dir, workers)
+                data_dir = Path(tmp, f"data-{number}-{r}")
+                seconds, summary = run_index(directory, data_dir, workers)
                 full.append(seconds)
-                assert summary.startswith(f"indexed {args.files},"), summary
+                assert summary.startswith(f"indexed {files},"), summary
                 counts = stored(data_dir)
-                assert all(c == {"features": args.files, "indexed": args.files} for c in counts.values()), counts
-                seconds, summary = run_index(folder, data_dir, workers)
+                assert all(c == {"features": files, "indexed": files} for c in counts.values()), counts
+                seconds, summary = run_index(directory, data_dir, workers)
                 again.append(seconds)
-                assert summary.startswith(f"indexed 0, unchanged {args.files}"), summary
-            first = common.median(full)
-            rows.append([label, f"{first:.2f}", f"{args.files / first:.1f}", f"{common.median(again):.2f}"])
-            results[label] = {"first_run_s": full, "second_run_s": again}
+                assert summary.startswith(f"indexed 0, unchanged {files}"), summary
+            label = f"{workers or os.cpu_count()} worker{'s' if workers != 1 else ''}"
+            first[(files, workers)] = common.median(full)
+            rows.append([files, label, f"{first[files, workers]:.2f}", f"{files / first[files, workers]:.1f}",
+                         f"{common.median(again):.2f}"])
+            results[f"{files} files, {label}"] = {"first_run_s": full, "second_run_s": again}
         startup = [run_index(empty, Path(tmp, f"data-empty-{r}"))[0] for r in range(args.repeat)]
         results["empty_folder_s"] = startup
 
     print(f"## `lookalike index` end to end ({args.files} JPEGs, 4000x3000 q90, {megabytes:.0f} MiB; "
           f"phash + color; median of {args.repeat})\n")
-    print(common.table(["workers", "first run, s", "images/s", "second run (nothing changed), s"], rows))
-    print(f"\nStart-up alone (`lookalike index` of an empty folder, fresh data dir): "
-          f"{common.median(startup):.2f} s.")
+    print(common.table(["files", "workers", "first run, s", "images/s", "second run (nothing changed), s"], rows))
+    marginal = 4 * args.files / (first[5 * args.files, None] - first[args.files, None])
+    results["marginal_images_per_s"] = marginal
+    print(f"\nMarginal rate, all cores ({4 * args.files} extra files / extra time): {marginal:.1f} images/s. "
+          f"Start-up alone (`lookalike index` of an empty folder, fresh data dir): {common.median(startup):.2f} s.")
     print(f"\n{common.machine_markdown()}")
     common.save_json("index_throughput", {"files": args.files, "megabytes": megabytes, "results": results})
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from PIL import ImageOps
 
@@ -129,9 +130,13 @@ def test_sigkill_mid_run_leaves_a_consistent_library_and_a_rerun_completes(tmp_p
     total = len(list(big_gallery.iterdir()))
     process = start_indexing(tmp_path, big_gallery)
     committed = wait_for_some_commits(tmp_path, process)
+    workers = psutil.Process(process.pid).children()
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert 0 < committed < total, "the kill must land mid-run"
+    assert workers, "the indexer runs worker processes"
+    _, still_running = psutil.wait_procs(workers, timeout=10)
+    assert not still_running, "workers must not outlive a killed indexer"
 
     with Library(tmp_path, ENGINES) as library:
         assert_consistent(library)

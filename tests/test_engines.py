@@ -124,7 +124,7 @@ class TestColor:
         small, full = np.array(small), np.array(full)
         shifts = np.abs(small - full).sum(axis=1)
         between_photos = np.abs(full[:, None] - full[None]).sum(axis=2)[np.triu_indices(len(full), 1)]
-        assert shifts.max() < 0.12 and shifts.mean() < 0.04
+        assert shifts.max() < 0.06 and shifts.mean() < 0.02
         assert np.median(between_photos) > 20 * shifts.mean()
 
 

@@ -6,7 +6,6 @@ in flight, and the next run skips every file already stored with the same size a
 
 import multiprocessing
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -15,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engines import Engine, create_engine, decode_for
-from .errors import LookalikeError
+from . import worker
 from .library import Library
 from .store import ImageRecord
 
@@ -114,9 +112,11 @@ def run(
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding FAISS/OpenMP threads
     engines = list(library.engines)
-    with ProcessPoolExecutor(workers or os.cpu_count(), context, _start_worker, (engines, library.max_pixels)) as pool:
+    start_args = (engines, library.max_pixels, os.getpid())
+    with ProcessPoolExecutor(workers or os.cpu_count(), context, worker.start, start_args) as pool:
         try:
-            for job, outcome in zip(todo.jobs, pool.map(_extract, todo.jobs, chunksize=4)):
+            paths = [job.path for job in todo.jobs]
+            for job, outcome in zip(todo.jobs, pool.map(worker.extract, paths, chunksize=4)):
                 if isinstance(outcome, str):
                     report.failed.append((job.path, outcome))
                     on_done(job, outcome)
@@ -133,24 +133,3 @@ def run(
             pool.shutdown(cancel_futures=True)
             commit()
     return report
-
-
-_worker_engines: dict[str, Engine] = {}
-_worker_max_pixels = 0
-
-
-def _start_worker(engines: list[str], max_pixels: int) -> None:
-    global _worker_max_pixels
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _worker_engines.update({name: create_engine(name) for name in engines})
-    _worker_max_pixels = max_pixels
-
-
-def _extract(job: Job) -> dict[str, np.ndarray] | str:
-    try:
-        image = decode_for(_worker_engines.values(), job.path.read_bytes(), _worker_max_pixels)
-        return {name: engine.extract(image) for name, engine in _worker_engines.items()}
-    except LookalikeError as exc:
-        return exc.message
-    except OSError as exc:
-        return f"could not read the file: {exc.strerror}"

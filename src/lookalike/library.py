@@ -71,10 +71,10 @@ class Library:
     def add_many(self, items: list[tuple[ImageRecord, dict[str, np.ndarray]]]) -> None:
         """Add or replace a batch in one transaction; the bulk indexer's unit of progress."""
         with self._write_lock:
-            self.store.add_many(items)
-            ids = np.array([record.image_id for record, _ in items], np.int64)
+            replaced = self.store.add_many(items)
             for name, index in self.indexes.items():
-                index.remove(ids)
+                if replaced:  # a remove walks the whole index: only for files that changed
+                    index.remove(replaced)
                 rows = [(r.image_id, f[name]) for r, f in items if name in f]
                 if rows:
                     index.add(np.array([i for i, _ in rows]), np.stack([f for _, f in rows]))

@@ -100,18 +100,22 @@ class FeatureStore:
 
         self._write(add)
 
-    def add_many(self, items: list[tuple[ImageRecord, dict[str, np.ndarray]]]) -> None:
-        """Replace-or-add a batch in one transaction (the bulk indexer's unit of progress)."""
+    def add_many(self, items: list[tuple[ImageRecord, dict[str, np.ndarray]]]) -> list[int]:
+        """Replace-or-add a batch in one transaction (the bulk indexer's unit); returns the replaced ids."""
 
-        def add_all(txn: lmdb.Transaction) -> None:
+        def add_all(txn: lmdb.Transaction) -> list[int]:
+            replaced = []
             for record, features in items:
-                self._delete(txn, record.image_id, list(self.specs))
+                if self._read_record(txn, record.image_id) is not None:
+                    replaced.append(record.image_id)
+                    self._delete(txn, record.image_id, list(self.specs))
                 self._put_record(txn, record)
                 for name, feature in features.items():
                     txn.put(id_key(record.image_id), self._feature_bytes(name, feature), db=self._features[name])
                     self._journal(txn, name, record.image_id)
+            return replaced
 
-        self._write(add_all)
+        return self._write(add_all)
 
     def delete(self, image_id: int, engines: list[str] | None = None) -> list[str]:
         """Delete the image's features in `engines` (all by default); the record goes with the last one.

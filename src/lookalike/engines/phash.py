@@ -29,7 +29,7 @@ def phash_bits(grey: np.ndarray) -> np.ndarray:
 class PHash(Engine):
     name = "phash"
     spec = FeatureSpec(kind="binary", dim=BLOCK * BLOCK, metric="hamming")
-    # Decoding to a shorter side of at least 288 keeps every test photo within 6 bits of a full
+    # Decoding to a shorter side of at least 288 keeps every test photo within 8 bits of a full
     # decode (192 drifted up to 22 bits); a 4000x3000 JPEG still decodes at 1/8 scale.
     decode_side = 3 * HASH_SIDE
     duplicate_threshold = 64
