@@ -195,9 +195,7 @@ def client(settings):
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """One service holding GALLERY in every engine, for tests that only read (and must leave it so)."""
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("shared"), max_upload_bytes=5 * 2**20, max_pixels=40_000_000
-    )
+    settings = Settings(data_dir=tmp_path_factory.mktemp("shared"), max_upload_bytes=5 * 2**20, max_pixels=40_000_000)
     with service(settings) as client:
         add_gallery(client)
         yield client
@@ -332,7 +330,9 @@ def test_similar_to_a_stored_image(shared, engine):
     within = [m for m in everything if m["distance"] <= cut]
     found = ok(shared.get(f"/engines/{engine}/images/{image_id}/similar", params={"distance_threshold": cut}))
     assert pairs(found) == pairs(within)
-    found = ok(shared.post(f"/{engine}_get_similar_images_by_id", json={"image_id": image_id, "distance_threshold": cut}))
+    found = ok(
+        shared.post(f"/{engine}_get_similar_images_by_id", json={"image_id": image_id, "distance_threshold": cut})
+    )
     assert pairs(found) == pairs(within)
 
 
@@ -481,9 +481,7 @@ def test_a_bad_search_upload_is_a_4xx(shared, url, kind):
 
 
 @pytest.mark.parametrize("url", ADDS)
-@pytest.mark.parametrize(
-    "image_id", ["-1", str(2**63), str(2**64), "seven", "1.5", "", None], ids=lambda v: f"id={v}"
-)
+@pytest.mark.parametrize("image_id", ["-1", str(2**63), str(2**64), "seven", "1.5", "", None], ids=lambda v: f"id={v}")
 def test_a_bad_image_id_is_422_and_stores_nothing(client, url, image_id):
     response = post_image(client, jpeg("coffee"), image_id, url)
     error(response, 422)

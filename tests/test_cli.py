@@ -24,7 +24,9 @@ ENGINES = ["phash", "color"]
 
 def lookalike(data_dir: Path, *args: str, **options) -> subprocess.CompletedProcess:
     env = {**os.environ, "LOOKALIKE_DATA_DIR": str(data_dir)}
-    return subprocess.run([sys.executable, "-m", "lookalike", *args], env=env, capture_output=True, text=True, **options)
+    return subprocess.run(
+        [sys.executable, "-m", "lookalike", *args], env=env, capture_output=True, text=True, **options
+    )
 
 
 def start_indexing(data_dir: Path, folder: Path) -> subprocess.Popen:
@@ -40,7 +42,9 @@ def gallery(tmp_path_factory, photos) -> Path:
     (folder / "nested").mkdir()
     for number, name in enumerate(["astronaut", "coffee", "chelsea", "rocket"]):
         (folder / f"{name}.jpg").write_bytes(encode(photos[name]))
-        (folder / "nested" / f"{1000 + number}.png").write_bytes(encode(photos[f"pexels-{_interior(photos)[number]}"], "PNG"))
+        (folder / "nested" / f"{1000 + number}.png").write_bytes(
+            encode(photos[f"pexels-{_interior(photos)[number]}"], "PNG")
+        )
     (folder / "astronaut-mirrored.jpg").write_bytes(encode(ImageOps.mirror(photos["astronaut"])))
     (folder / "broken.jpg").write_bytes(encode(photos["coffee"])[:500])
     (folder / "notes.txt").write_text("not an image and not an image suffix")

@@ -145,7 +145,11 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
 
     @app.get("/engines/{engine}/images/{image_id}/similar", tags=["one engine"])
     def similar_to_id(
-        request: Request, engine: str, image_id: ImageIdPath, k: KQuery = None, distance_threshold: ThresholdQuery = None
+        request: Request,
+        engine: str,
+        image_id: ImageIdPath,
+        k: KQuery = None,
+        distance_threshold: ThresholdQuery = None,
     ) -> list[MatchOut]:
         """Stored images like a stored one, itself left out."""
         return _out(lib(request).similar_to_id(engine, image_id, k, distance_threshold))

@@ -20,7 +20,9 @@ from .library import Library, Match
 
 app = typer.Typer(help="Find duplicates, similar photos and more in a photo library.", no_args_is_help=True)
 console = Console(stderr=True)
-DataDir = Annotated[Path | None, typer.Option(help="Data directory [default: $LOOKALIKE_DATA_DIR or ~/.local/share/lookalike]")]
+DataDir = Annotated[
+    Path | None, typer.Option(help="Data directory [default: $LOOKALIKE_DATA_DIR or ~/.local/share/lookalike]")
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -41,9 +43,17 @@ def index(
     workers: Annotated[int | None, typer.Option(help="Worker processes [default: all cores].")] = None,
 ) -> None:
     """Index every image under DIRECTORY; files already indexed and unchanged are skipped."""
-    with _open(data_dir) as library, Progress(
-        TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), _RateColumn(), TimeRemainingColumn(), console=console
-    ) as progress:
+    with (
+        _open(data_dir) as library,
+        Progress(
+            TextColumn("indexing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _RateColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress,
+    ):
         task = progress.add_task("index", total=None)
 
         def done(job: indexer.Job, error: str | None) -> None:
@@ -53,7 +63,11 @@ def index(
 
         try:
             report = indexer.run(
-                library, directory, workers, lambda total: progress.update(task, total=total), done,
+                library,
+                directory,
+                workers,
+                lambda total: progress.update(task, total=total),
+                done,
                 _settings(data_dir).checkpoint_seconds,
             )
         except KeyboardInterrupt:
@@ -91,7 +105,9 @@ def search(
 
 @app.command()
 def dupes(
-    threshold: Annotated[float | None, typer.Option(help="Largest Hamming distance counted as a duplicate [default: 64].")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Largest Hamming distance counted as a duplicate [default: 64].")
+    ] = None,
     data_dir: DataDir = None,
     as_json: AsJson = False,
 ) -> None:

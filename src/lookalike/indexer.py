@@ -18,9 +18,7 @@ from . import worker
 from .library import Library
 from .store import ImageRecord
 
-IMAGE_SUFFIXES = {
-    ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif",
-}
+IMAGE_SUFFIXES = set(".jpg .jpeg .jpe .png .webp .gif .bmp .tif .tiff .heic .heif .avif".split())
 BATCH_SIZE = 256
 BATCH_SECONDS = 2.0
 

@@ -151,7 +151,9 @@ class Library:
         if (k is None) == (threshold is None):
             raise InvalidRequest("give exactly one of k and distance_threshold")
         index = self.indexes[engine]
-        found: list[Neighbour] = index.search(variants, k) if k is not None else index.search_within(variants, threshold)
+        found: list[Neighbour] = (
+            index.search(variants, k) if k is not None else index.search_within(variants, threshold)
+        )
         names = self.store.names_for([n.image_id for n in found])
         return [Match(n.image_id, n.distance, name or "") for n, name in zip(found, names)]
 
@@ -208,8 +210,12 @@ class Library:
         index = FeatureIndex(spec)
         index.add(*self.store.read_features(name))
         if index.ntotal:
-            log.warning("%s index: missing or out of step with the store; rebuilt %d features in %.1f s",
-                        name, index.ntotal, time.perf_counter() - started)
+            log.warning(
+                "%s index: missing or out of step with the store; rebuilt %d features in %.1f s",
+                name,
+                index.ntotal,
+                time.perf_counter() - started,
+            )
         return index
 
     def _index_path(self, name: str) -> Path:

@@ -69,34 +69,30 @@ class FeatureStore:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def add(self, record: ImageRecord, features: dict[str, np.ndarray], replace: bool = False) -> None:
+    def add(self, record: ImageRecord, features: dict[str, np.ndarray]) -> None:
         """Store `record` and its features in one transaction.
 
-        An id already holding a feature of one of these engines, or a file name owned by another
-        id, is a Conflict unless `replace`, which first deletes the old features of that id.
+        An image may gain engines one call at a time; an id that already holds a feature of one of
+        these engines, or already has another file name, or a file name owned by another id, is a Conflict.
         """
 
         def add(txn: lmdb.Transaction) -> None:
-            nonlocal record
-            key = id_key(record.image_id)
             owner = txn.get(record.file_name.encode(), db=self._names) if record.file_name else None
-            if owner is not None and owner != key:
+            if owner is not None and key_id(owner) != record.image_id:
                 raise Conflict(f"file name {record.file_name!r} already belongs to image {key_id(owner)}")
             existing = self._read_record(txn, record.image_id)
-            if existing and replace:
-                self._delete(txn, record.image_id, list(self.specs))
-                existing = None
-            if existing:
-                if existing.file_name != record.file_name and record.file_name:
+            if existing is None:
+                self._put_record(txn, record)
+            else:
+                if record.file_name and existing.file_name not in ("", record.file_name):
                     raise Conflict(f"image {record.image_id} already exists as {existing.file_name!r}")
+                key = id_key(record.image_id)
                 taken = [name for name in features if txn.get(key, db=self._features[name]) is not None]
                 if taken:
                     raise Conflict(f"image {record.image_id} is already in engine(s) {', '.join(taken)}")
-                record = ImageRecord(record.image_id, existing.file_name or record.file_name, record.size, record.mtime_ns)
-            self._put_record(txn, record)
-            for name, feature in features.items():
-                txn.put(key, self._feature_bytes(name, feature), db=self._features[name])
-                self._journal(txn, name, record.image_id)
+                if record.file_name and not existing.file_name:
+                    self._put_record(txn, record)
+            self._put_features(txn, record.image_id, features)
 
         self._write(add)
 
@@ -110,9 +106,7 @@ class FeatureStore:
                     replaced.append(record.image_id)
                     self._delete(txn, record.image_id, list(self.specs))
                 self._put_record(txn, record)
-                for name, feature in features.items():
-                    txn.put(id_key(record.image_id), self._feature_bytes(name, feature), db=self._features[name])
-                    self._journal(txn, name, record.image_id)
+                self._put_features(txn, record.image_id, features)
             return replaced
 
         return self._write(add_all)
@@ -251,6 +245,11 @@ class FeatureStore:
                 if record.file_name:
                     txn.delete(record.file_name.encode(), db=self._names)
         return deleted
+
+    def _put_features(self, txn: lmdb.Transaction, image_id: int, features: dict[str, np.ndarray]) -> None:
+        for name, feature in features.items():
+            txn.put(id_key(image_id), self._feature_bytes(name, feature), db=self._features[name])
+            self._journal(txn, name, image_id)
 
     def _journal(self, txn: lmdb.Transaction, engine: str, image_id: int) -> None:
         seq = self._seq(txn, engine) + 1

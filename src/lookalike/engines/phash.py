@@ -1,7 +1,7 @@
 """576-bit DCT perceptual hash: the near-duplicate finder."""
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .base import Engine, FeatureSpec
 
