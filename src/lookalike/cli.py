@@ -31,8 +31,7 @@ def _settings(data_dir: Path | None, **overrides) -> Settings:
     return Settings(**{key: value for key, value in values.items() if value is not None})
 
 
-def _open(data_dir: Path | None) -> Library:
-    settings = _settings(data_dir)
+def _open(settings: Settings) -> Library:
     return Library(settings.data_dir, settings.engines, settings.max_pixels)
 
 
@@ -43,8 +42,9 @@ def index(
     workers: Annotated[int | None, typer.Option(help="Worker processes [default: all cores].")] = None,
 ) -> None:
     """Index every image under DIRECTORY; files already indexed and unchanged are skipped."""
+    settings = _settings(data_dir)
     with (
-        _open(data_dir) as library,
+        _open(settings) as library,
         Progress(
             TextColumn("indexing"),
             BarColumn(),
@@ -68,7 +68,7 @@ def index(
                 workers,
                 lambda total: progress.update(task, total=total),
                 done,
-                _settings(data_dir).checkpoint_seconds,
+                settings.checkpoint_seconds,
             )
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: what was indexed is saved; run the same command to resume")
@@ -90,7 +90,7 @@ def search(
     as_json: AsJson = False,
 ) -> None:
     """Find the stored images most like IMAGE."""
-    with _open(data_dir) as library:
+    with _open(_settings(data_dir)) as library:
         data = image.read_bytes()
         if engine == "all":
             found = library.search_all(data, k=k)
@@ -112,7 +112,7 @@ def dupes(
     as_json: AsJson = False,
 ) -> None:
     """List every group of near-duplicate images in the library (by perceptual hash)."""
-    with _open(data_dir) as library:
+    with _open(_settings(data_dir)) as library:
         groups = library.duplicate_groups("phash", threshold)
     if as_json:
         print(json.dumps([[asdict(m) for m in group] for group in groups], indent=2))
@@ -125,7 +125,7 @@ def dupes(
 @app.command()
 def stats(data_dir: DataDir = None) -> None:
     """Counts per engine and the store's size on disk."""
-    with _open(data_dir) as library:
+    with _open(_settings(data_dir)) as library:
         print(json.dumps(library.stats(), indent=2))
 
 
