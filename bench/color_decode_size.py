@@ -1,8 +1,9 @@
 """Does the color engine's small decode change its histogram? L1 to the full-resolution histogram.
 
 lookalike computes the 8x8x8 RGB histogram on a small decode: engines.decode_for([color], data)
-(JPEG draft decode at 1/2..1/8 scale keeping the shorter side >= 256, other formats reduced by whole
-factors), then ColorHistogram.extract, which nearest-neighbour downscales to a shorter side of 256.
+(JPEG draft decode at 1/2..1/8 scale keeping the shorter side >= ColorHistogram.decode_side, other
+formats reduced by whole factors), then ColorHistogram.extract, which nearest-neighbour downscales to
+a shorter side of lookalike.engines.color.SIDE. Both are read from the engine, not hard-coded.
 The reference is the same 8x8x8 binning, normalised by pixel count, over every pixel of the full
 decode (lookalike.decode.decode with no min_side, no downscaling).
 
@@ -13,7 +14,7 @@ Sets: the 46 test photos as JPEG q90 at their own size; the same at 4000x3000 (g
 1/8 draft decode); the mvtb photos, as JPEG q90.
 
 A second table splits the drift into its two causes by decoding at other minimum sides before the
-same extract(): the 256-px nearest subsample alone (full decode) versus the JPEG draft decode, which
+same extract(): the SIDE-px nearest subsample alone (full decode) versus the JPEG draft decode, which
 averages 8x8 (4x4, 2x2) pixel blocks in the DCT and so does invent in-between colours. Its ms/image
 (decode + histogram, not pinned to one core) shows what a larger decode would cost.
 
@@ -27,14 +28,16 @@ import numpy as np
 import common
 from lookalike.decode import DEFAULT_MAX_PIXELS, decode
 from lookalike.engines import create_engine, decode_for
+from lookalike.engines.color import BINS, SIDE
 
 ENGINE = create_engine("color")
+DECODE_SIDE = ENGINE.decode_side
 
 
 def full_histogram(data: bytes) -> np.ndarray:
     pixels = np.asarray(decode(data), dtype=np.uint8).reshape(-1, 3) >> 5
     bins = (pixels[:, 0].astype(np.int32) << 6) | (pixels[:, 1].astype(np.int32) << 3) | pixels[:, 2]
-    return np.bincount(bins, minlength=512) / len(bins)
+    return np.bincount(bins, minlength=BINS**3) / len(bins)
 
 
 def compare(blobs: dict[str, bytes]) -> dict:
@@ -83,18 +86,19 @@ def main() -> None:
     rows = []
     for label, blobs in list(sets.items())[1:]:
         full = {name: full_histogram(data) for name, data in blobs.items()}
-        for side in [256, 512, 1024, None]:
+        for side in sorted({256, 512, 1024, DECODE_SIDE}) + [None]:
             started = time.perf_counter()
             drift = [np.abs(ENGINE.extract(decode(data, min_side=side)) - full[name]).sum()
                      for name, data in blobs.items()]
             ms = (time.perf_counter() - started) / len(blobs) * 1e3
             results[label][f"min_side={side}"] = {"drift_mean": float(np.mean(drift)), "drift_max": float(max(drift))}
-            rows.append([label, side or "full decode", f"{np.mean(drift):.4f}", f"{np.percentile(drift, 95):.4f}",
+            name = f"{side} (lookalike)" if side == DECODE_SIDE else side or "full decode"
+            rows.append([label, name, f"{np.mean(drift):.4f}", f"{np.percentile(drift, 95):.4f}",
                          f"{np.max(drift):.4f}", f"{ms:.1f}"])
     print(common.table(
-        ["photos", "decode min_side (256 = lookalike)", "L1 to full-res, mean", "p95", "max", "ms/image"], rows
+        ["photos", "decode min_side", "L1 to full-res, mean", "p95", "max", "ms/image"], rows
     ))
-    print(f"\nThe decoded image is then nearest-neighbour downscaled to a shorter side of 256 before binning. "
+    print(f"\nThe decoded image is then nearest-neighbour downscaled to a shorter side of {SIDE} before binning. "
           f"The color engine's duplicate threshold is {ENGINE.duplicate_threshold} L1.")
     print(f"\n{common.machine_markdown()}")
     common.save_json("color_decode_size", {"results": results})

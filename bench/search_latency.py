@@ -11,7 +11,8 @@ Each query is a stored feature made near-duplicate (phash: 20 random bits flippe
   color: 1 variant, k=10.
 search_within uses the engines' duplicate thresholds: 64 bits for phash, 0.1 L1 for color.
 Memory: psutil RSS of this process after FeatureIndex(spec).add(ids, features), minus before.
-Also timed: remove() of one id, which the indexer calls for every committed batch.
+Also timed: remove() of one id, which Library pays on delete and when re-indexing a changed file
+(a bulk add of new images removes nothing).
 FAISS runs with its default threads (all cores); phash at 1M is repeated with 1 OpenMP thread.
 
 Target: phash at 1M, k=10 with the mirror variant, under 20 ms p50.
