@@ -24,9 +24,16 @@ def library(tmp_path):
         yield library
 
 
+# The distance engines: every stored image comes back at some distance. The local engine returns only
+# verified matches; tests/test_local.py covers it, in the service too.
+DISTANCE_ENGINES = ["phash", "color"]
+
+
 @pytest.fixture
 def settings(tmp_path):
-    return Settings(data_dir=tmp_path / "service", max_upload_bytes=5 * 2**20, max_pixels=40_000_000)
+    return Settings(
+        data_dir=tmp_path / "service", engines=DISTANCE_ENGINES, max_upload_bytes=5 * 2**20, max_pixels=40_000_000
+    )
 
 
 @pytest.fixture

@@ -38,3 +38,11 @@ def encode(image: Image.Image, fmt: str = "JPEG", **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **({"quality": 90} if fmt == "JPEG" and not options else options))
     return buffer.getvalue()
+
+
+def opencv_sample(name: str) -> Image.Image:
+    """One of OpenCV's sample images (box.png, graf1.png, ...), fetched from Debian's opencv-doc."""
+    path = photos_dir() / "opencv" / name
+    assert path.exists(), f"{path} missing: run `make photos`"
+    with Image.open(path) as image:
+        return image.convert("RGB")

@@ -13,12 +13,12 @@ from functools import cache
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from photos import encode
+from photos import photos as load_photos
 from PIL import Image, ImageOps
 
 from lookalike.api import create_app
 from lookalike.config import Settings
-from photos import encode
-from photos import photos as load_photos
 
 ENGINES = ["phash", "color"]
 GALLERY = [
@@ -195,7 +195,9 @@ def client(settings):
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """One service holding GALLERY in every engine, for tests that only read (and must leave it so)."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("shared"), max_upload_bytes=5 * 2**20, max_pixels=40_000_000)
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("shared"), engines=ENGINES, max_upload_bytes=5 * 2**20, max_pixels=40_000_000
+    )
     with service(settings) as client:
         add_gallery(client)
         yield client

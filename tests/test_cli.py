@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from photos import encode
 from PIL import ImageOps
 
 from lookalike.engines import create_engine
 from lookalike.library import Library
+from lookalike.point_index import PointIndex
 from lookalike.store import FeatureStore
-from photos import encode
 
-ENGINES = ["phash", "color"]
+ENGINES = ["phash", "color", "local"]  # the default
 
 
 def lookalike(data_dir: Path, *args: str, **options) -> subprocess.CompletedProcess:
@@ -99,6 +100,7 @@ def test_search_dupes_and_stats(tmp_path, gallery, photos):
     found = json.loads(lookalike(tmp_path, "search", str(query), "-k", "2", "--json").stdout)
     assert set(found) == set(ENGINES)
     assert found["phash"][0]["file_name"] == str(gallery / "rocket.jpg") and len(found["phash"]) == 2
+    assert found["local"][0]["file_name"] == str(gallery / "rocket.jpg") and found["local"][0]["matches"] >= 20
     only_color = json.loads(lookalike(tmp_path, "search", str(query), "--engine", "color", "--json").stdout)
     assert list(only_color) == ["color"]
 
@@ -110,6 +112,7 @@ def test_search_dupes_and_stats(tmp_path, gallery, photos):
 
     stats = json.loads(lookalike(tmp_path, "stats").stdout)
     assert stats["engines"]["phash"] == {"features": stats["images"], "indexed": stats["images"]}
+    assert stats["engines"]["local"]["indexed"] == stats["images"] and stats["engines"]["local"]["descriptors"] > 0
 
     table = lookalike(tmp_path, "search", str(query), "-k", "1")
     assert table.returncode == 0 and "rocket.jpg" in table.stdout
@@ -193,7 +196,11 @@ def assert_consistent(library: Library) -> None:
         assert set(stored_ids.tolist()) == ids
         assert index.ntotal == len(ids)
         for image_id, feature in list(zip(stored_ids, features))[::25]:
-            assert np.array_equal(index.reconstruct(int(image_id)), feature)
+            if isinstance(index, PointIndex):  # the image's descriptors are one range of point ids
+                start, end = index.ranges.range_of(int(image_id))
+                assert end - start == len(feature)
+            else:
+                assert np.array_equal(index.reconstruct(int(image_id)), feature)
 
 
 def _interior(photos) -> list[str]:

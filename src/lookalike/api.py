@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
 from .config import Settings
+from .engines import ENGINES
 from .errors import ImageTooLarge, LookalikeError
 from .library import Library, Match
 from .store import MAX_IMAGE_ID
@@ -26,7 +27,11 @@ K = Annotated[int | None, Field(ge=1, le=MAX_K)]
 Threshold = Annotated[float | None, Field(ge=0, allow_inf_nan=False)]
 ImageId = Annotated[int, Field(ge=0, le=MAX_IMAGE_ID)]
 KForm = Annotated[int | None, Form(ge=1, le=MAX_K)]
-ThresholdForm = Annotated[float | None, Form(ge=0, allow_inf_nan=False)]
+ThresholdForm = Annotated[
+    float | None,
+    Form(ge=0, allow_inf_nan=False, description="Largest distance; for local features the fewest matches"),
+]
+MirroredForm = Annotated[bool, Form(description="Also search with the mirror image (local features)")]
 KQuery = Annotated[int | None, Query(ge=1, le=MAX_K)]
 ThresholdQuery = Annotated[float | None, Query(ge=0, allow_inf_nan=False)]
 ImageIdForm = Annotated[int, Form(ge=0, le=MAX_IMAGE_ID)]
@@ -37,7 +42,8 @@ ImageFile = Annotated[UploadFile, File(description="The image: JPEG, PNG, WebP, 
 
 class MatchOut(BaseModel):
     image_id: int
-    distance: float
+    distance: float | None = Field(None, description="phash, color: smaller is nearer")
+    matches: int | None = Field(None, description="local: keypoint matches one homography explains; more is better")
     file_name: str
 
 
@@ -63,7 +69,7 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.library = library or Library(settings.data_dir, settings.engines, settings.max_pixels)
+        app.state.library = library or Library.from_settings(settings)
         saver = asyncio.create_task(_checkpoint_every(app.state.library, settings.checkpoint_seconds))
         try:
             yield
@@ -104,15 +110,16 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
     def delete_everywhere_by_name(request: Request, file_name: str = Query()):
         return delete(request, None, None, file_name)
 
-    @app.post("/search", tags=["all engines"])
+    @app.post("/search", tags=["all engines"], response_model_exclude_none=True)
     def search_everywhere(
         request: Request,
         image: ImageFile,
         k: KForm = None,
         distance_threshold: ThresholdForm = None,
+        mirrored: MirroredForm = False,
     ) -> dict[str, list[MatchOut]]:
         """Every engine's answer for one image."""
-        found = lib(request).search_all(read_upload(request, image), k, distance_threshold)
+        found = lib(request).search_all(read_upload(request, image), k, distance_threshold, mirrored)
         return {name: _out(matches) for name, matches in found.items()}
 
     @app.get("/stats", tags=["service"])
@@ -143,7 +150,7 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
     def delete_from_engine_by_name(request: Request, engine: str, file_name: str = Query()):
         return delete(request, [engine], None, file_name)
 
-    @app.get("/engines/{engine}/images/{image_id}/similar", tags=["one engine"])
+    @app.get("/engines/{engine}/images/{image_id}/similar", tags=["one engine"], response_model_exclude_none=True)
     def similar_to_id(
         request: Request,
         engine: str,
@@ -154,24 +161,26 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
         """Stored images like a stored one, itself left out."""
         return _out(lib(request).similar_to_id(engine, image_id, k, distance_threshold))
 
-    @app.post("/engines/{engine}/search", tags=["one engine"])
+    @app.post("/engines/{engine}/search", tags=["one engine"], response_model_exclude_none=True)
     def similar_to_image(
         request: Request,
         engine: str,
         image: ImageFile,
         k: KForm = None,
         distance_threshold: ThresholdForm = None,
+        mirrored: MirroredForm = False,
     ) -> list[MatchOut]:
-        return _out(lib(request).similar_to_image(engine, read_upload(request, image), k, distance_threshold))
+        data = read_upload(request, image)
+        return _out(lib(request).similar_to_image(engine, data, k, distance_threshold, mirrored))
 
     # -- the original per-engine services' endpoint names ----------------------------------------
 
     for engine in settings.engines:
-        _add_legacy_routes(app, engine)
+        _add_legacy_routes(app, engine, ENGINES[engine].service_name or engine)
     return app
 
 
-def _add_legacy_routes(app: FastAPI, engine: str) -> None:
+def _add_legacy_routes(app: FastAPI, engine: str, service: str) -> None:
     tags = [f"{engine} (original endpoint names)"]
 
     @app.post(f"/calculate_{engine}_features", tags=tags)
@@ -182,15 +191,20 @@ def _add_legacy_routes(app: FastAPI, engine: str) -> None:
     def delete_features(request: Request, body: DeleteRequest = Body()):
         return delete(request, [engine], body.image_id, body.file_name)
 
-    @app.post(f"/{engine}_get_similar_images_by_id", tags=tags)
+    @app.post(f"/{service}_get_similar_images_by_id", tags=tags, response_model_exclude_none=True)
     def by_id(request: Request, body: SimilarByIdRequest = Body()) -> list[MatchOut]:
         return _out(lib(request).similar_to_id(engine, body.image_id, body.k, body.distance_threshold))
 
-    @app.post(f"/{engine}_get_similar_images_by_image_buffer", tags=tags)
+    @app.post(f"/{service}_get_similar_images_by_image_buffer", tags=tags, response_model_exclude_none=True)
     def by_image(
-        request: Request, image: ImageFile, k: KForm = None, distance_threshold: ThresholdForm = None
+        request: Request,
+        image: ImageFile,
+        k: KForm = None,
+        distance_threshold: ThresholdForm = None,
+        mirrored: MirroredForm = False,
     ) -> list[MatchOut]:
-        return _out(lib(request).similar_to_image(engine, read_upload(request, image), k, distance_threshold))
+        data = read_upload(request, image)
+        return _out(lib(request).similar_to_image(engine, data, k, distance_threshold, mirrored))
 
 
 def lib(request: Request) -> Library:
@@ -218,10 +232,13 @@ def delete(request: Request, engines: list[str] | None, image_id: int | None, fi
 
 
 def _out(matches: list[Match]) -> list[MatchOut]:
-    return [MatchOut(image_id=m.image_id, distance=m.distance, file_name=m.file_name) for m in matches]
+    return [
+        MatchOut(image_id=m.image_id, distance=m.distance, matches=m.matches, file_name=m.file_name) for m in matches
+    ]
 
 
 async def _checkpoint_every(library: Library, seconds: float) -> None:
     while True:
         await asyncio.sleep(seconds)
         await run_in_threadpool(library.checkpoint)
+        await run_in_threadpool(library.maintain)

@@ -32,7 +32,7 @@ def _settings(data_dir: Path | None, **overrides) -> Settings:
 
 
 def _open(settings: Settings) -> Library:
-    return Library(settings.data_dir, settings.engines, settings.max_pixels)
+    return Library.from_settings(settings)
 
 
 @app.command()
@@ -73,6 +73,9 @@ def index(
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: what was indexed is saved; run the same command to resume")
             raise typer.Exit(130) from None
+        if library.needs_training():
+            with console.status("training the local features index (once; it keeps searches fast)"):
+                library.maintain()
     console.print(
         f"indexed {report.indexed}, unchanged {report.unchanged}, removed {report.removed} (gone from disk), "
         f"failed {len(report.failed)}"
@@ -82,10 +85,22 @@ def index(
 
 
 @app.command()
+def train(
+    engine: Annotated[str, typer.Option(help="The engine whose index to train.")] = "local",
+    data_dir: DataDir = None,
+) -> None:
+    """(Re)train the local features' compressed index now; `index` does this by itself as the library grows."""
+    with _open(_settings(data_dir)) as library, console.status(f"training the {engine} index"):
+        library.train(engine, force=True)
+    console.print(f"trained the {engine} index")
+
+
+@app.command()
 def search(
     image: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
     engine: Annotated[str, typer.Option(help="Engine name, or 'all'.")] = "all",
     k: Annotated[int, typer.Option("-k", min=1, help="Results per engine.")] = 10,
+    mirrored: Annotated[bool, typer.Option(help="Also find mirrored copies (local features).")] = False,
     data_dir: DataDir = None,
     as_json: AsJson = False,
 ) -> None:
@@ -93,9 +108,9 @@ def search(
     with _open(_settings(data_dir)) as library:
         data = image.read_bytes()
         if engine == "all":
-            found = library.search_all(data, k=k)
+            found = library.search_all(data, k=k, mirrored=mirrored)
         else:
-            found = {engine: library.similar_to_image(engine, data, k=k)}
+            found = {engine: library.similar_to_image(engine, data, k=k, mirrored=mirrored)}
     if as_json:
         print(json.dumps({name: [asdict(m) for m in matches] for name, matches in found.items()}, indent=2))
         return
@@ -149,10 +164,11 @@ def serve(
 def _print_matches(title: str, matches: list[Match]) -> None:
     table = Table(title=title, title_justify="left")
     table.add_column("image_id", justify="right")
-    table.add_column("distance", justify="right")
+    by_matches = bool(matches) and matches[0].matches is not None
+    table.add_column("matches" if by_matches else "distance", justify="right")
     table.add_column("file_name")
     for match in matches:
-        table.add_row(str(match.image_id), f"{match.distance:g}", match.file_name)
+        table.add_row(str(match.image_id), f"{match.matches if by_matches else match.distance:g}", match.file_name)
     Console().print(table)
 
 

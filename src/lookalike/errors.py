@@ -37,3 +37,10 @@ class StoreVersionError(LookalikeError):
     """The data directory was written by a newer lookalike."""
 
     status = 500
+
+
+class ModelUnavailable(LookalikeError):
+    """Model weights are missing and could not be fetched (offline, HTTP error, bad checksum): 503, since the
+    service itself is fine and the fix is on the operator's side."""
+
+    status = 503

@@ -18,8 +18,9 @@ import numpy as np
 
 from .engines import FeatureSpec
 
-_MAGIC = b"LOOKALIKE-INDEX\n"
-_HEADER_LEN = struct.Struct(">I")
+# Version 2 added the `extra` section.
+_MAGIC = b"LOOKALIKE-INDEX2\n"
+_LENGTH = struct.Struct(">Q")
 # Neighbours fetched first when a float metric has no native range search; grown 4x until enough.
 _RANGE_FIRST_K = 64
 
@@ -34,8 +35,11 @@ class Marker:
 
 @dataclass(frozen=True)
 class Neighbour:
+    """A found image: at a `distance` (smaller is nearer) or with a count of verified `matches`."""
+
     image_id: int
-    distance: float
+    distance: float | None = None
+    matches: int | None = None
 
 
 class FeatureIndex:
@@ -106,37 +110,16 @@ class FeatureIndex:
             return self._index.reconstruct(image_id)
 
     def save(self, path: Path, marker: Marker) -> None:
-        """Write atomically: a temp file, fsync, rename, fsync the folder."""
-        header = json.dumps({"marker": asdict(marker), "spec": asdict(self.spec)}).encode()
-        temporary = path.with_suffix(".tmp")
-        with open(temporary, "wb") as file, self._lock:
-            file.write(_MAGIC + _HEADER_LEN.pack(len(header)) + header)
-            writer = faiss.PyCallbackIOWriter(file.write)
-            if self.spec.kind == "binary":
-                faiss.write_index_binary(self._index, writer)
-            else:
-                faiss.write_index(self._index, writer)
-            del writer  # flushes its buffer into the file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        _fsync_dir(path.parent)
+        with self._lock:
+            write_index_file(path, {"marker": asdict(marker), "spec": asdict(self.spec)}, self._index)
 
     @classmethod
     def load(cls, path: Path, spec: FeatureSpec) -> tuple["FeatureIndex", Marker] | None:
         """The saved index and its marker; None if missing, unreadable or of another feature spec."""
-        try:
-            with open(path, "rb") as file:
-                if file.read(len(_MAGIC)) != _MAGIC:
-                    return None
-                (length,) = _HEADER_LEN.unpack(file.read(_HEADER_LEN.size))
-                header = json.loads(file.read(length))
-                if FeatureSpec(**header["spec"]) != spec:
-                    return None
-                reader = faiss.PyCallbackIOReader(file.read)
-                index = faiss.read_index_binary(reader) if spec.kind == "binary" else faiss.read_index(reader)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        loaded = read_index_file(path, spec)
+        if loaded is None:
             return None
+        header, _, index = loaded
         return cls(spec, index), Marker(**header["marker"])
 
     def _hamming_radius(self, threshold: float) -> int:
@@ -165,6 +148,41 @@ def _merge(distances: np.ndarray, ids: np.ndarray) -> list[Neighbour]:
     best = order[first]
     best = best[np.argsort(distances[best], kind="stable")]
     return [Neighbour(int(i), float(d)) for i, d in zip(ids[best], distances[best])]
+
+
+def write_index_file(path: Path, header: dict, index, extra: bytes = b"") -> None:
+    """Header, `extra` bytes, then the FAISS index; written atomically (temp file, fsync, rename, fsync dir)."""
+    header_bytes = json.dumps(header).encode()
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "wb") as file:
+        file.write(_MAGIC + _LENGTH.pack(len(header_bytes)) + header_bytes + _LENGTH.pack(len(extra)) + extra)
+        writer = faiss.PyCallbackIOWriter(file.write)
+        if isinstance(index, faiss.IndexBinary):
+            faiss.write_index_binary(index, writer)
+        else:
+            faiss.write_index(index, writer)
+        del writer  # flushes its buffer into the file
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    _fsync_dir(path.parent)
+
+
+def read_index_file(path: Path, spec: FeatureSpec) -> tuple[dict, bytes, object] | None:
+    """(header, extra bytes, FAISS index); None if missing, unreadable or made for another feature spec."""
+    try:
+        with open(path, "rb") as file:
+            if file.read(len(_MAGIC)) != _MAGIC:
+                return None
+            header = json.loads(file.read(_LENGTH.unpack(file.read(_LENGTH.size))[0]))
+            if FeatureSpec(**header["spec"]) != spec:
+                return None
+            extra = file.read(_LENGTH.unpack(file.read(_LENGTH.size))[0])
+            reader = faiss.PyCallbackIOReader(file.read)
+            index = faiss.read_index_binary(reader) if spec.kind == "binary" else faiss.read_index(reader)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, struct.error):
+        return None
+    return header, extra, index
 
 
 def _fsync_dir(path: Path) -> None:

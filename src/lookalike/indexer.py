@@ -109,8 +109,7 @@ def run(
         last_commit = time.monotonic()
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding FAISS/OpenMP threads
-    engines = list(library.engines)
-    start_args = (engines, library.max_pixels, os.getpid())
+    start_args = (library.engine_options, library.max_pixels, os.getpid())
     with ProcessPoolExecutor(workers or os.cpu_count(), context, worker.start, start_args) as pool:
         try:
             paths = [job.path for job in todo.jobs]

@@ -20,39 +20,60 @@ from scipy.sparse.csgraph import connected_components
 
 from .decode import DEFAULT_MAX_PIXELS
 from .engines import Engine, create_engine, decode_for
+from .engines.local import TOTAL_KEYPOINTS
 from .errors import InvalidRequest, LookalikeError, NotFound
 from .index import FeatureIndex, Marker, Neighbour
+from .point_index import DEFAULT_NPROBE, TRAIN_AT_POINTS, PointIndex
 from .store import MAX_IMAGE_ID, FeatureStore, ImageRecord
 
 log = logging.getLogger(__name__)
+MIN_TRAINING_POINTS = 10_000  # PQ's 256 centroids per sub-vector need a few thousand points at least
 
 
 @dataclass(frozen=True)
 class Match:
+    """A found image: at a `distance` (most engines) or with a count of verified `matches` (local)."""
+
     image_id: int
-    distance: float
+    distance: float | None
     file_name: str
+    matches: int | None = None
 
 
 class Library:
-    def __init__(self, data_dir: Path, engines: list[str], max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        data_dir: Path,
+        engines: list[str],
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        engine_options: dict[str, dict] | None = None,
+        nprobe: int = DEFAULT_NPROBE,
+    ):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = _lock_data_dir(self.data_dir)
-        self.engines: dict[str, Engine] = {name: create_engine(name) for name in engines}
+        self.engine_options = {name: (engine_options or {}).get(name) for name in engines}
+        self.engines: dict[str, Engine] = {name: create_engine(name, self.engine_options[name]) for name in engines}
         self.max_pixels = max_pixels
+        self.nprobe = nprobe
+        # Journal entries a point index being trained will replay: checkpoints must not trim them.
+        self._training_from: dict[str, int] = {}
         self.store = FeatureStore(self.data_dir / "store", {n: e.spec for n, e in self.engines.items()})
         (self.data_dir / "indexes").mkdir(exist_ok=True)
         self._write_lock = threading.Lock()
         self._saved_seq: dict[str, int] = {}
         self.indexes = {name: self._open_index(name) for name in self.engines}
 
+    @classmethod
+    def from_settings(cls, settings) -> "Library":
+        return cls(settings.data_dir, settings.engines, settings.max_pixels, settings.engine_options(), settings.nprobe)
+
     # -- features --------------------------------------------------------------------------------
 
     def decode(self, data: bytes, engines: list[str]) -> Image.Image:
         return decode_for([self.engines[name] for name in engines], data, self.max_pixels)
 
-    def extract(self, data: bytes, engines: list[str] | None = None) -> dict[str, np.ndarray]:
+    def extract(self, data: bytes, engines: list[str] | None = None) -> dict:
         engines = self._engine_names(engines)
         image = self.decode(data, engines)
         return {name: self.engines[name].extract(image) for name in engines}
@@ -66,9 +87,9 @@ class Library:
         with self._write_lock:
             self.store.add(ImageRecord(image_id, file_name), features)
             for name, feature in features.items():
-                self.indexes[name].add(np.array([image_id]), feature[None])
+                self.indexes[name].add([image_id], [feature])
 
-    def add_many(self, items: list[tuple[ImageRecord, dict[str, np.ndarray]]]) -> None:
+    def add_many(self, items: list[tuple[ImageRecord, dict]]) -> None:
         """Add or replace a batch in one transaction; the bulk indexer's unit of progress."""
         with self._write_lock:
             replaced = self.store.add_many(items)
@@ -77,7 +98,7 @@ class Library:
                     index.remove(replaced)
                 rows = [(r.image_id, f[name]) for r, f in items if name in f]
                 if rows:
-                    index.add(np.array([i for i, _ in rows]), np.stack([f for _, f in rows]))
+                    index.add([i for i, _ in rows], [f for _, f in rows])
 
     def delete(self, image_id: int, engines: list[str] | None = None) -> list[str]:
         check_image_id(image_id)
@@ -109,21 +130,29 @@ class Library:
         feature = self.store.feature(engine, image_id)
         if feature is None:
             raise NotFound(f"image {image_id} is not in the {engine} engine")
-        matches = self._search(engine, feature[None], k + 1 if k is not None else None, threshold)
+        matches = self._search(engine, [feature], k + 1 if k is not None else None, threshold)
         return [m for m in matches if m.image_id != image_id][:k]
 
-    def similar_to_image(self, engine: str, data: bytes, k: int | None = None, threshold: float | None = None):
+    def similar_to_image(
+        self, engine: str, data: bytes, k: int | None = None, threshold: float | None = None, mirrored: bool = False
+    ):
+        """Stored images like an uploaded one; `mirrored` also searches with its mirror image."""
         self._engine_names([engine])
         image = self.decode(data, [engine])
-        return self._search(engine, np.stack(self.engines[engine].query_variants(image)), k, threshold)
+        return self._search(engine, self.engines[engine].query_variants(image, mirrored), k, threshold)
 
-    def search_all(self, data: bytes, k: int | None = None, threshold: float | None = None):
-        """Each engine's answer for one uploaded image, decoded once."""
+    def search_all(self, data: bytes, k: int | None = None, threshold: float | None = None, mirrored: bool = False):
+        """Each engine's answer for one uploaded image, decoded once.
+
+        A distance threshold means nothing to the local engine: with one, it returns every verified match.
+        """
         image = self.decode(data, list(self.engines))
-        return {
-            name: self._search(name, np.stack(engine.query_variants(image)), k, threshold)
-            for name, engine in self.engines.items()
-        }
+        found = {}
+        for name, engine in self.engines.items():
+            by_matches = engine.spec.kind == "points"
+            variants = engine.query_variants(image, mirrored)
+            found[name] = self._search(name, variants, k, None if by_matches else threshold, check=not by_matches)
+        return found
 
     def duplicate_groups(self, engine: str = "phash", threshold: float | None = None) -> list[list[Match]]:
         """Every group of images linked by distances within `threshold`, largest group first.
@@ -147,28 +176,97 @@ class Library:
             groups.append([Match(int(ids[m]), float(d), n or "") for m, d, n in zip(members, distances, names)])
         return sorted(groups, key=lambda group: (-len(group), group[0].image_id))
 
-    def _search(self, engine: str, variants: np.ndarray, k: int | None, threshold: float | None) -> list[Match]:
-        if (k is None) == (threshold is None):
+    def _search(self, engine: str, variants: list, k: int | None, threshold: float | None, check=True) -> list[Match]:
+        """The k best, or all within `threshold`: a distance, or for the local engine a minimum of matches."""
+        if check and (k is None) == (threshold is None):
             raise InvalidRequest("give exactly one of k and distance_threshold")
         index = self.indexes[engine]
-        found: list[Neighbour] = (
-            index.search(variants, k) if k is not None else index.search_within(variants, threshold)
-        )
+        if isinstance(index, PointIndex):
+            found: list[Neighbour] = index.search(variants, k, min_matches=threshold or 0)
+        else:
+            found = index.search(variants, k) if k is not None else index.search_within(variants, threshold)
         names = self.store.names_for([n.image_id for n in found])
-        return [Match(n.image_id, n.distance, name or "") for n, name in zip(found, names)]
+        return [Match(n.image_id, n.distance, name or "", n.matches) for n, name in zip(found, names)]
+
+    # -- the point index's training --------------------------------------------------------------
+
+    def train(self, engine: str, force: bool = False) -> bool:
+        """Train a point engine's compressed index when it has grown enough (or now, with `force`).
+
+        The new index is built from a snapshot of the store while searches and writes go on; the
+        journal then replays what changed meanwhile, and the new index takes over.
+        """
+        self._engine_names([engine])
+        index = self.indexes[engine]
+        if not isinstance(index, PointIndex):
+            raise InvalidRequest(f"the {engine} engine has nothing to train")
+        if not (force or index.needs_training()):
+            return False
+        if index.points < MIN_TRAINING_POINTS:
+            raise InvalidRequest(
+                f"{engine} holds {index.points} descriptors; training needs {MIN_TRAINING_POINTS} "
+                "(below that, exact search is fast)"
+            )
+        started = time.perf_counter()
+        with self._write_lock:
+            seq = self._training_from[engine] = self.store.journal_seq(engine)
+        try:
+            trained = self._build_trained(engine, index.points)
+            with self._write_lock:
+                self._replay(engine, trained, self.store.journal_since(engine, seq))
+                self.indexes[engine] = trained
+                self._saved_seq.pop(engine, None)
+        finally:
+            self._training_from.pop(engine, None)
+        log.info(
+            "%s: trained on %d descriptors in %.1f s", engine, trained.trained_points, time.perf_counter() - started
+        )
+        return True
+
+    def needs_training(self) -> bool:
+        return any(
+            isinstance(index, PointIndex) and index.points >= MIN_TRAINING_POINTS and index.needs_training()
+            for index in self.indexes.values()
+        )
+
+    def maintain(self) -> None:
+        """Train every point index that has outgrown its form (flat past its limit, or trained on too few)."""
+        for name, index in list(self.indexes.items()):
+            if isinstance(index, PointIndex) and index.points >= MIN_TRAINING_POINTS and index.needs_training():
+                self.train(name)
+
+    def _build_trained(self, engine: str, points: int) -> PointIndex:
+        ids = self.store.feature_ids(engine)
+        rng = np.random.default_rng(0)
+        wanted, sample, taken = PointIndex.training_sample_size(points), [], 0
+        for chunk in np.array_split(rng.permutation(ids), max(1, len(ids) // 500)):
+            _, features = self.store.read_features(engine, chunk.tolist())
+            sample += [f.descriptors for f in features]
+            taken += sum(len(f) for f in features)
+            if taken >= wanted:
+                break
+        spec = self.engines[engine].spec
+        trained = PointIndex.trained(spec, *self._point_callbacks(engine), np.concatenate(sample)[:wanted], points)
+        trained.set_nprobe(self.nprobe)
+        batches = (self.store.read_features(engine, ids[i : i + 1000].tolist()) for i in range(0, len(ids), 1000))
+        trained.add_all(batches)
+        return trained
+
+    def _point_callbacks(self, engine: str):
+        return self.engines[engine].verify, lambda ids: self.store.read_features(engine, ids)
 
     # -- persistence -----------------------------------------------------------------------------
 
     def checkpoint(self) -> None:
         """Save every index that changed since it was saved, then trim the journal it covers."""
-        for name, index in self.indexes.items():
+        for name in self.engines:
             with self._write_lock:
                 seq = self.store.journal_seq(name)
                 if seq == self._saved_seq.get(name):
                     continue
-                index.save(self._index_path(name), Marker(self.store.uuid, seq))
+                self.indexes[name].save(self._index_path(name), Marker(self.store.uuid, seq))
             self._saved_seq[name] = seq
-            self.store.trim_journal(name, seq)
+            self.store.trim_journal(name, min(seq, self._training_from.get(name, seq)))
 
     def close(self) -> None:
         self.checkpoint()
@@ -185,30 +283,43 @@ class Library:
         return {
             "images": self.store.count(),
             "store_bytes": self.store.disk_bytes(),
-            "engines": {
-                name: {"features": self.store.count(name), "indexed": index.ntotal}
-                for name, index in self.indexes.items()
-            },
+            "engines": {name: self._index_stats(name, index) for name, index in self.indexes.items()},
         }
 
-    def _open_index(self, name: str) -> FeatureIndex:
+    def _index_stats(self, name: str, index) -> dict:
+        found = {"features": self.store.count(name), "indexed": index.ntotal}
+        if isinstance(index, PointIndex):
+            found |= {"descriptors": index.points, "trained_on": index.trained_points}
+        return found
+
+    def _open_index(self, name: str) -> FeatureIndex | PointIndex:
         spec = self.engines[name].spec
         path = self._index_path(name)
-        loaded = FeatureIndex.load(path, spec)
+        if spec.kind == "points":
+            loaded = PointIndex.load(path, spec, *self._point_callbacks(name))
+        else:
+            loaded = FeatureIndex.load(path, spec)
         if loaded is not None:
             index, marker = loaded
             touched = self.store.journal_since(name, marker.seq) if marker.store_uuid == self.store.uuid else None
             if touched is not None:
                 if not touched:
                     self._saved_seq[name] = marker.seq
-                    return index
-                log.info("%s index: catching up %d changed images from the journal", name, len(touched))
-                index.remove(touched)
-                index.add(*self.store.read_features(name, sorted(touched)))
+                else:
+                    log.info("%s index: catching up %d changed images from the journal", name, len(touched))
+                    self._replay(name, index, touched)
+                if isinstance(index, PointIndex):
+                    index.set_nprobe(self.nprobe)
                 return index
         started = time.perf_counter()
-        index = FeatureIndex(spec)
-        index.add(*self.store.read_features(name))
+        if spec.kind != "points":
+            index = FeatureIndex(spec)
+            index.add(*self.store.read_features(name))
+        elif self.store.count(name) * TOTAL_KEYPOINTS >= TRAIN_AT_POINTS:
+            index = self._build_trained(name, self.store.count(name) * TOTAL_KEYPOINTS)
+        else:
+            index = PointIndex(spec, *self._point_callbacks(name))
+            index.add(*self.store.read_features(name))
         if index.ntotal:
             log.warning(
                 "%s index: missing or out of step with the store; rebuilt %d features in %.1f s",
@@ -217,6 +328,13 @@ class Library:
                 time.perf_counter() - started,
             )
         return index
+
+    def _replay(self, name: str, index, touched: set[int] | None) -> None:
+        """Bring `index` up to the store for the images the journal says were touched."""
+        if touched is None:  # cannot happen while _training_from holds the journal back
+            raise RuntimeError(f"{name}: the journal no longer covers the changes to replay")
+        index.remove(touched)
+        index.add(*self.store.read_features(name, sorted(touched)))
 
     def _index_path(self, name: str) -> Path:
         return self.data_dir / "indexes" / f"{name}.faiss"

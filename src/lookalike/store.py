@@ -1,7 +1,7 @@
 """The feature store: image records and every engine's features in one LMDB environment.
 
 Layout (keys are 8-byte big-endian image ids unless noted):
-    meta         schema version, store uuid, per-engine journal sequence numbers
+    meta         schema version, store uuid, per-engine feature specs and journal sequence numbers
     images       id -> file size, mtime and file name of the image
     names        file name -> id
     f:<engine>   id -> the engine's raw feature bytes
@@ -11,12 +11,12 @@ One LMDB write transaction covers an image's record and its features in every en
 delete is all or nothing, and the journal entry commits with the change it describes.
 """
 
+import json
 import struct
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,6 +25,7 @@ import numpy as np
 
 from .engines import FeatureSpec
 from .errors import Conflict, NotFound, StoreVersionError
+from .locks import SharedExclusiveLock
 
 SCHEMA_VERSION = 1
 MAX_IMAGE_ID = 2**63 - 1  # FAISS ids are signed 64-bit
@@ -61,7 +62,7 @@ class FeatureStore:
         self._names = self._env.open_db(b"names")
         self._features = {name: self._env.open_db(f"f:{name}".encode()) for name in specs}
         self._journals = {name: self._env.open_db(f"j:{name}".encode()) for name in specs}
-        self._resizing = _SharedExclusiveLock()
+        self._resizing = SharedExclusiveLock()
         self.uuid = self._write(self._check_version)
 
     def close(self) -> None:
@@ -167,7 +168,7 @@ class FeatureStore:
     def feature(self, engine: str, image_id: int) -> np.ndarray | None:
         with self._reading() as txn:
             value = txn.get(id_key(image_id), db=self._features[engine])
-            return None if value is None else np.frombuffer(value, self.specs[engine].dtype).copy()
+            return None if value is None else self.specs[engine].decode(value)
 
     def count(self, engine: str | None = None) -> int:
         with self._reading() as txn:
@@ -179,25 +180,32 @@ class FeatureStore:
             cursor = txn.cursor(db=self._images)
             return key_id(cursor.key()) if cursor.last() else -1
 
-    def read_features(self, engine: str, image_ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, features) of every stored feature of `engine`, or of those of `image_ids` present."""
+    def feature_ids(self, engine: str) -> np.ndarray:
+        with self._reading() as txn:
+            return np.array(
+                [key_id(key) for key in txn.cursor(db=self._features[engine]).iternext(values=False)], np.int64
+            )
+
+    def read_features(self, engine: str, image_ids: list[int] | None = None) -> tuple[np.ndarray, list | np.ndarray]:
+        """(ids, features) of every stored feature of `engine`, or of those of `image_ids` present.
+
+        Fixed-size features come as one (n, width) array, Keypoints as a list.
+        """
         spec = self.specs[engine]
         with self._reading() as txn:
             db = self._features[engine]
             if image_ids is None:
-                n = txn.stat(db)["entries"]
-                ids = np.empty(n, np.int64)
-                features = np.empty((n, spec.width), spec.dtype)
-                for row, (key, value) in enumerate(txn.cursor(db=db)):
-                    ids[row] = key_id(key)
-                    features[row] = np.frombuffer(value, spec.dtype)
-                return ids, features
-            found = [(i, v) for i in image_ids if (v := txn.get(id_key(i), db=db)) is not None]
-            ids = np.array([i for i, _ in found], np.int64)
-            features = np.empty((len(found), spec.width), spec.dtype)
-            for row, (_, value) in enumerate(found):
-                features[row] = np.frombuffer(value, spec.dtype)
-            return ids, features
+                found = ((key_id(key), value) for key, value in txn.cursor(db=db))
+            else:
+                found = ((i, v) for i in image_ids if (v := txn.get(id_key(i), db=db)) is not None)
+            if spec.kind == "points":
+                pairs = [(i, spec.decode(value)) for i, value in found]
+                return np.array([i for i, _ in pairs], np.int64), [f for _, f in pairs]
+            ids, rows = [], bytearray()
+            for image_id, value in found:
+                ids.append(image_id)
+                rows += value
+            return np.array(ids, np.int64), np.frombuffer(rows, spec.dtype).reshape(len(ids), spec.width)
 
     def journal_seq(self, engine: str) -> int:
         with self._reading() as txn:
@@ -231,6 +239,16 @@ class FeatureStore:
                 f"this data directory was written by a newer lookalike (schema {int(version)}; "
                 f"this version reads up to {SCHEMA_VERSION}): upgrade lookalike"
             )
+        for name, spec in self.specs.items():
+            stored = txn.get(f"spec:{name}".encode(), db=self._meta)
+            if stored is None:
+                txn.put(f"spec:{name}".encode(), json.dumps(asdict(spec)).encode(), db=self._meta)
+            elif FeatureSpec(**json.loads(bytes(stored))) != spec:
+                raise StoreVersionError(
+                    f"the {name} engine's features here were made as {bytes(stored).decode()}, "
+                    f"not {json.dumps(asdict(spec))}: restore the setting they were made with, "
+                    f"or index into a new data directory"
+                )
         return txn.get(b"uuid", db=self._meta).decode()
 
     def _delete(self, txn: lmdb.Transaction, image_id: int, engines: list[str]) -> list[str]:
@@ -248,7 +266,7 @@ class FeatureStore:
 
     def _put_features(self, txn: lmdb.Transaction, image_id: int, features: dict[str, np.ndarray]) -> None:
         for name, feature in features.items():
-            txn.put(id_key(image_id), self._feature_bytes(name, feature), db=self._features[name])
+            txn.put(id_key(image_id), self._encode(name, feature), db=self._features[name])
             self._journal(txn, name, image_id)
 
     def _journal(self, txn: lmdb.Transaction, engine: str, image_id: int) -> None:
@@ -260,12 +278,11 @@ class FeatureStore:
         value = txn.get(f"seq:{engine}".encode(), db=self._meta)
         return 0 if value is None else key_id(value)
 
-    def _feature_bytes(self, engine: str, feature: np.ndarray) -> bytes:
-        spec = self.specs[engine]
-        feature = np.ascontiguousarray(feature, dtype=spec.dtype)
-        if feature.shape != (spec.width,):
-            raise ValueError(f"{engine} feature has shape {feature.shape}, expected ({spec.width},)")
-        return feature.tobytes()
+    def _encode(self, engine: str, feature) -> bytes:
+        try:
+            return self.specs[engine].encode(feature)
+        except ValueError as exc:
+            raise ValueError(f"{engine}: {exc}") from None
 
     def _put_record(self, txn: lmdb.Transaction, record: ImageRecord) -> None:
         key = id_key(record.image_id)
@@ -297,28 +314,3 @@ class FeatureStore:
             except lmdb.MapFullError:
                 with self._resizing.exclusive():
                     self._env.set_mapsize(self._env.info()["map_size"] * 2)
-
-
-class _SharedExclusiveLock:
-    """LMDB may only grow its map while no transaction of this process is open."""
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._readers = 0
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._condition:
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._readers -= 1
-                self._condition.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._condition:
-            self._condition.wait_for(lambda: self._readers == 0)
-            yield

@@ -9,8 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 from .engines import Engine, create_engine, decode_for
 from .errors import LookalikeError
 
@@ -18,16 +16,16 @@ _engines: dict[str, Engine] = {}
 _max_pixels = 0
 
 
-def start(engines: list[str], max_pixels: int, parent_pid: int) -> None:
-    """Process initializer: build the engines once per worker."""
+def start(engines: dict[str, dict | None], max_pixels: int, parent_pid: int) -> None:
+    """Process initializer: build the engines (name -> options) once per worker."""
     global _max_pixels
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    _engines.update({name: create_engine(name) for name in engines})
+    _engines.update({name: create_engine(name, options) for name, options in engines.items()})
     _max_pixels = max_pixels
 
 
-def extract(path: Path) -> dict[str, np.ndarray] | str:
+def extract(path: Path) -> dict | str:
     """The file's features in every engine, or why it could not be read."""
     try:
         image = decode_for(_engines.values(), path.read_bytes(), _max_pixels)

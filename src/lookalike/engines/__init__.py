@@ -5,21 +5,23 @@ from collections.abc import Iterable
 from PIL import Image
 
 from ..decode import decode
-from .base import Engine, FeatureSpec
+from .base import Engine, FeatureSpec, Keypoints
 from .color import ColorHistogram
+from .local import LocalFeatures
 from .phash import PHash
 
 ENGINES: dict[str, type[Engine]] = {
     PHash.name: PHash,
     ColorHistogram.name: ColorHistogram,
+    LocalFeatures.name: LocalFeatures,
 }
 
 
-def create_engine(name: str) -> Engine:
-    try:
-        return ENGINES[name]()
-    except KeyError:
-        raise ValueError(f"unknown engine {name!r}; registered engines: {', '.join(ENGINES)}") from None
+def create_engine(name: str, options: dict | None = None) -> Engine:
+    """The engine called `name`, built with its `options` (keyword arguments of its constructor)."""
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; registered engines: {', '.join(ENGINES)}")
+    return ENGINES[name](**(options or {}))
 
 
 def decode_for(engines: Iterable[Engine], data: bytes, max_pixels: int) -> Image.Image:
@@ -28,4 +30,4 @@ def decode_for(engines: Iterable[Engine], data: bytes, max_pixels: int) -> Image
     return decode(data, min_side=None if None in sides else max(sides), max_pixels=max_pixels)
 
 
-__all__ = ["ENGINES", "Engine", "FeatureSpec", "create_engine", "decode_for"]
+__all__ = ["ENGINES", "Engine", "FeatureSpec", "Keypoints", "create_engine", "decode_for"]

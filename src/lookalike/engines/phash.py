@@ -37,7 +37,8 @@ class PHash(Engine):
     def extract(self, image: Image.Image) -> np.ndarray:
         return phash_bits(self._grey(image))
 
-    def query_variants(self, image: Image.Image) -> list[np.ndarray]:
+    def query_variants(self, image: Image.Image, mirrored: bool = True) -> list[np.ndarray]:
+        # Always with the mirror image: it costs one more hash and a mirrored copy is still a copy.
         grey = self._grey(image)
         return [phash_bits(grey), phash_bits(grey[:, ::-1])]
 

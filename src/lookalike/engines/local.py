@@ -1,0 +1,115 @@
+"""Local features: finds the original of a crop, through keypoints spread over the image.
+
+An image becomes about 200 keypoints (DoG detector) with descriptors. The point index votes for
+images that share descriptors with the query; `verify` then re-matches each candidate exactly and
+counts the matches a homography explains (MAGSAC++), which is the score.
+"""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from .base import Engine, FeatureSpec, Keypoints
+from .describers import create_describer
+
+# Long side of the frame keypoints are found in. Larger finds smaller crops but costs time per image.
+WORKING_SIDE = 1024
+TOTAL_KEYPOINTS = 200
+PER_QUADRANT = 50
+# A keypoint is skipped when a kept one within this radius (a fraction of the long side: 50 px of
+# 3000) already has this many kept neighbours.
+NEIGHBOUR_RADIUS = 50 / 3000
+MAX_NEIGHBOURS = 3
+# Lower than OpenCV's 0.04, so low-contrast photos still offer enough candidates to spread.
+CONTRAST_THRESHOLD = 0.02
+RATIO = 0.85  # Lowe's ratio test, on the nearest and second-nearest stored descriptor
+MAGSAC_THRESHOLD = 6.0  # pixels, in the working frame
+MIN_MATCHES = 8  # fewer inliers than this are what a homography fits to chance
+
+
+class LocalFeatures(Engine):
+    name = "local"
+    service_name = "local_features"
+    decode_side = WORKING_SIDE * 3 // 4
+
+    def __init__(self, descriptor: str = "rootsift", models_dir: Path | None = None):
+        self.describer = create_describer(descriptor, models_dir or Path.home() / ".cache/lookalike/models")
+        self.spec = FeatureSpec("points", self.describer.dim, "l2", model=descriptor)
+        self._detector = cv2.SIFT_create(contrastThreshold=CONTRAST_THRESHOLD)
+
+    def extract(self, image: Image.Image) -> Keypoints:
+        grey = working_frame(image)
+        keypoints = spread(self._detector.detect(grey, None), grey.shape)
+        descriptors = self.describer.describe(grey, keypoints)
+        return Keypoints(np.array([kp.pt for kp in keypoints], np.float32).reshape(-1, 2), descriptors)
+
+    def query_variants(self, image: Image.Image, mirrored: bool = False) -> list[Keypoints]:
+        """The image's keypoints, and with `mirrored` those of its mirror image: found afresh, not flipped."""
+        return [self.extract(image)] + ([self.extract(ImageOps.mirror(image))] if mirrored else [])
+
+    def verify(self, query: Keypoints, stored: Keypoints) -> int:
+        """Matches between the two that one homography explains; 0 below MIN_MATCHES."""
+        pairs = mutual_matches(query.descriptors, stored.descriptors)
+        if len(pairs) < MIN_MATCHES:
+            return 0
+        _, inliers = cv2.findHomography(
+            query.xy[pairs[:, 0]], stored.xy[pairs[:, 1]], cv2.USAC_MAGSAC, MAGSAC_THRESHOLD, maxIters=2000
+        )
+        count = 0 if inliers is None else int(inliers.sum())
+        return count if count >= MIN_MATCHES else 0
+
+
+def working_frame(image: Image.Image) -> np.ndarray:
+    """Grey, with the long side at most WORKING_SIDE."""
+    grey = image.convert("L")
+    if max(grey.size) > WORKING_SIDE:
+        scale = WORKING_SIDE / max(grey.size)
+        grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.LANCZOS)
+    return np.asarray(grey)
+
+
+def spread(candidates, shape: tuple[int, int]) -> list[cv2.KeyPoint]:
+    """Strongest keypoints first, at most PER_QUADRANT per quadrant, none in an already crowded spot."""
+    height, width = shape
+    radius = NEIGHBOUR_RADIUS * max(shape)
+    order = sorted(candidates, key=lambda kp: -kp.response)
+    kept: list[cv2.KeyPoint] = []
+    xy = np.empty((TOTAL_KEYPOINTS, 2), np.float32)
+    neighbours = np.zeros(TOTAL_KEYPOINTS, np.int32)
+    per_quadrant = [0, 0, 0, 0]
+    for kp in order:
+        x, y = kp.pt
+        quadrant = (x >= width / 2) + 2 * (y >= height / 2)
+        if per_quadrant[quadrant] >= PER_QUADRANT:
+            continue
+        n = len(kept)
+        near = np.flatnonzero(((xy[:n] - kp.pt) ** 2).sum(axis=1) <= radius**2)
+        if (neighbours[near] >= MAX_NEIGHBOURS).any():
+            continue
+        neighbours[near] += 1
+        neighbours[n] = len(near)
+        xy[n] = kp.pt
+        kept.append(kp)
+        per_quadrant[quadrant] += 1
+        if len(kept) == TOTAL_KEYPOINTS:
+            break
+    return kept
+
+
+def mutual_matches(query: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """(query row, stored row) pairs that are each other's nearest and pass the ratio test."""
+    if len(query) < 2 or len(stored) < 2:
+        return np.empty((0, 2), np.int64)
+    q, s = query.astype(np.float32), stored.astype(np.float32)
+    distances = (q**2).sum(1)[:, None] + (s**2).sum(1)[None, :] - 2 * q @ s.T
+    nearest = np.argpartition(distances, 1, axis=1)[:, :2]
+    two = np.take_along_axis(distances, nearest, axis=1)
+    swap = two[:, 1] < two[:, 0]
+    best = np.where(swap, nearest[:, 1], nearest[:, 0])
+    first, second = np.minimum(two[:, 0], two[:, 1]), np.maximum(two[:, 0], two[:, 1])
+    rows = np.arange(len(q))
+    # Squared distances: the ratio applies to their roots.
+    passed = (first < RATIO**2 * second) & (distances.argmin(axis=0)[best] == rows)
+    return np.stack([rows[passed], best[passed]], axis=1)
