@@ -23,8 +23,8 @@ from lookalike.store import FeatureStore
 ENGINES = ["phash", "color", "local"]  # the default
 
 
-def lookalike(data_dir: Path, *args: str, **options) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LOOKALIKE_DATA_DIR": str(data_dir)}
+def lookalike(data_dir: Path, *args: str, env: dict | None = None, **options) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LOOKALIKE_DATA_DIR": str(data_dir), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "lookalike", *args], env=env, capture_output=True, text=True, **options
     )
@@ -91,6 +91,19 @@ def test_index_is_incremental_and_names_become_ids(tmp_path, gallery, photos):
     with Library(tmp_path, ENGINES) as library:
         assert library.id_for_name(str(gallery / "coffee.jpg")) in other_ids  # same id, new features
         assert library.store.id_for_name(str(gallery / "chelsea.jpg")) is None
+
+
+def test_an_engine_added_later_is_filled_in_by_the_next_index(tmp_path, gallery):
+    first = lookalike(tmp_path, "index", str(gallery), env={"LOOKALIKE_ENGINES": '["phash", "color"]'})
+    assert "indexed 9, unchanged 0" in first.stderr, first.stderr
+    with Library(tmp_path, ["phash", "color"]) as library:
+        assert library.store.count("phash") == 9
+    second = lookalike(tmp_path, "index", str(gallery))  # the default engines include local
+    assert "indexed 9, unchanged 0" in second.stderr, second.stderr
+    with Library(tmp_path, ENGINES) as library:
+        assert all(library.store.count(name) == 9 for name in ENGINES)
+        assert_consistent(library)
+    assert "indexed 0, unchanged 9" in lookalike(tmp_path, "index", str(gallery)).stderr
 
 
 def test_search_dupes_and_stats(tmp_path, gallery, photos):

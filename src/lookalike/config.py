@@ -19,7 +19,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", extra="forbid")
 
     data_dir: Path = Field(default_factory=default_data_dir, description="Where the store and indexes live.")
-    engines: list[str] = Field(default=["phash", "color", "local"], description="Engines to serve, by registered name.")
+    engines: list[str] = Field(
+        default=["phash", "color", "local"], min_length=1, description="Engines to serve, by registered name."
+    )
     host: str = Field(default="127.0.0.1", description="Address the service binds to.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the service listens on.")
     max_upload_bytes: int = Field(default=100 * 2**20, gt=0, description="Largest accepted upload.")

@@ -56,9 +56,11 @@ def scan(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
 
 
 def plan(library: Library, root: Path) -> Plan:
-    """What to (re)index: new and changed files, with ids; stored files under `root` now gone."""
+    """What to (re)index: new and changed files, files missing an engine's feature (an engine was
+    added to the library), with ids; stored files under `root` now gone."""
     root = root.resolve()
     stored = {record.file_name: record for record in library.store.records()}
+    complete = set.intersection(*(set(library.store.feature_ids(name).tolist()) for name in library.engines))
     found = list(scan(root))
     used_ids = {record.image_id for record in stored.values()}
     numeric = {int(p.stem) for p, _ in found if p.stem.isdigit() and int(p.stem) < 2**63}
@@ -67,7 +69,7 @@ def plan(library: Library, root: Path) -> Plan:
     for path, stat in found:
         record = stored.get(str(path))
         if record is not None:
-            if (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+            if (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns) and record.image_id in complete:
                 result.unchanged += 1
                 continue
             image_id = record.image_id
