@@ -73,7 +73,7 @@ def index(
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: what was indexed is saved; run the same command to resume")
             raise typer.Exit(130) from None
-        if library.needs_training():
+        if library.due_for_training():
             with console.status("training the local features index (once; it keeps searches fast)"):
                 library.maintain()
     console.print(

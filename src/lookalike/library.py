@@ -223,33 +223,22 @@ class Library:
         )
         return True
 
-    def needs_training(self) -> bool:
-        return any(
-            isinstance(index, PointIndex) and index.points >= MIN_TRAINING_POINTS and index.needs_training()
-            for index in self.indexes.values()
-        )
+    def due_for_training(self) -> list[str]:
+        """Point engines whose index has outgrown its form: flat past its limit, or trained on too few."""
+        return [
+            name
+            for name, index in self.indexes.items()
+            if isinstance(index, PointIndex) and index.points >= MIN_TRAINING_POINTS and index.needs_training()
+        ]
 
     def maintain(self) -> None:
-        """Train every point index that has outgrown its form (flat past its limit, or trained on too few)."""
-        for name, index in list(self.indexes.items()):
-            if isinstance(index, PointIndex) and index.points >= MIN_TRAINING_POINTS and index.needs_training():
-                self.train(name)
+        for name in self.due_for_training():
+            self.train(name)
 
     def _build_trained(self, engine: str, points: int) -> PointIndex:
-        ids = self.store.feature_ids(engine)
-        rng = np.random.default_rng(0)
-        wanted, sample, taken = PointIndex.training_sample_size(points), [], 0
-        for chunk in np.array_split(rng.permutation(ids), max(1, len(ids) // 500)):
-            _, features = self.store.read_features(engine, chunk.tolist())
-            sample += [f.descriptors for f in features]
-            taken += sum(len(f) for f in features)
-            if taken >= wanted:
-                break
-        spec = self.engines[engine].spec
-        trained = PointIndex.trained(spec, *self._point_callbacks(engine), np.concatenate(sample)[:wanted], points)
+        spec, (verify, fetch) = self.engines[engine].spec, self._point_callbacks(engine)
+        trained = PointIndex.train_from(spec, verify, fetch, self.store.feature_ids(engine), points)
         trained.set_nprobe(self.nprobe)
-        batches = (self.store.read_features(engine, ids[i : i + 1000].tolist()) for i in range(0, len(ids), 1000))
-        trained.add_all(batches)
         return trained
 
     def _point_callbacks(self, engine: str):

@@ -9,7 +9,7 @@ OPQ + IVF + PQ index (`train`) keeps searches fast and RAM small past TRAIN_AT_P
 import io
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,6 +30,7 @@ CANDIDATES = 30  # best-voted images verified per query variant
 TRAIN_AT_POINTS = 200_000
 RETRAIN_GROWTH = 4  # retrain once the library holds this many times the descriptors trained on
 DEFAULT_NPROBE = 16
+OPQ_ITERATIONS = 16
 
 Verify = Callable[[Keypoints, Keypoints], int]
 Fetch = Callable[[list[int]], tuple[np.ndarray, list[Keypoints]]]
@@ -120,22 +121,33 @@ class PointIndex:
     # -- training --------------------------------------------------------------------------------
 
     @classmethod
-    def trained(cls, spec: FeatureSpec, verify: Verify, fetch: Fetch, sample: np.ndarray, points: int):
-        """An empty OPQ + IVF + PQ index trained on `sample` for a library of about `points` descriptors."""
+    def train_from(cls, spec: FeatureSpec, verify: Verify, fetch: Fetch, ids: np.ndarray, points: int):
+        """A trained OPQ + IVF + PQ index holding the features of `ids` (about `points` descriptors).
+
+        Trained on the descriptors of randomly chosen images, then filled a thousand images at a time,
+        so memory holds the sample and one batch, never the whole library's descriptors.
+        """
         nlist = max(16, int(math.sqrt(points)))
-        subquantizers = spec.dim // 4  # 4 dimensions per byte: 32 bytes for 128-d SIFT
-        index = faiss.index_factory(spec.dim, f"OPQ{subquantizers},IVF{nlist},PQ{subquantizers}")
-        index.train(np.ascontiguousarray(sample, np.float32))
-        return cls(spec, verify, fetch, index, trained_points=points)
-
-    @staticmethod
-    def training_sample_size(points: int) -> int:
         # k-means wants about 40-256 points per list; PQ's 256 centroids a few thousand at least.
-        return min(points, max(64 * int(math.sqrt(points)), 20_000), 1_000_000)
-
-    def add_all(self, batches: Iterable[tuple[np.ndarray, list[Keypoints]]]) -> None:
-        for ids, features in batches:
-            self.add(ids, features)
+        wanted = min(points, max(64 * nlist, 20_000), 1_000_000)
+        sample, taken = [], 0
+        for chunk in np.array_split(np.random.default_rng(0).permutation(ids), max(1, len(ids) // 500)):
+            batch = [f.descriptors for f in fetch(chunk.tolist())[1]]
+            sample += batch
+            taken += sum(map(len, batch))
+            if taken >= wanted:
+                break
+        subquantizers = spec.dim // 4  # 4 dimensions a byte: 32 bytes for 128-d SIFT
+        index = faiss.index_factory(spec.dim, f"OPQ{subquantizers},IVF{nlist},PQ{subquantizers}")
+        # Polysemous codes only serve Hamming-filtered search, which we do not use; they took most of the
+        # training time. OPQ's rotation settles well before FAISS's default 50 iterations.
+        faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
+        faiss.downcast_VectorTransform(index.chain.at(0)).niter = OPQ_ITERATIONS
+        index.train(np.concatenate(sample)[:wanted].astype(np.float32))
+        trained = cls(spec, verify, fetch, index, trained_points=points)
+        for start in range(0, len(ids), 1000):
+            trained.add(*fetch(ids[start : start + 1000].tolist()))
+        return trained
 
     # -- persistence -----------------------------------------------------------------------------
 

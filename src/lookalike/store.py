@@ -246,8 +246,8 @@ class FeatureStore:
             elif FeatureSpec(**json.loads(bytes(stored))) != spec:
                 raise StoreVersionError(
                     f"the {name} engine's features here were made as {bytes(stored).decode()}, "
-                    f"not {json.dumps(asdict(spec))}: restore the setting they were made with, "
-                    f"or index into a new data directory"
+                    f"not {json.dumps(asdict(spec))}: restore the setting they were made with "
+                    f"(for local features, LOOKALIKE_LOCAL_DESCRIPTOR), or index into a new data directory"
                 )
         return txn.get(b"uuid", db=self._meta).decode()
 

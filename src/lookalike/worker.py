@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
+
 from .engines import Engine, create_engine, decode_for
 from .errors import LookalikeError
 
@@ -20,6 +22,10 @@ def start(engines: dict[str, dict | None], max_pixels: int, parent_pid: int) -> 
     """Process initializer: build the engines (name -> options) once per worker."""
     global _max_pixels
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # The parallelism is one worker per core: thread pools of OpenCV and torch (read at its import)
+    # would only contend with the other workers.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    cv2.setNumThreads(1)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     _engines.update({name: create_engine(name, options) for name, options in engines.items()})
     _max_pixels = max_pixels

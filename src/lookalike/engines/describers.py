@@ -90,7 +90,7 @@ class XFeat:
         height, width = grey.shape
         # The network wants sides divisible by 32; keypoints are rescaled to the resized frame.
         resized = (max(32, height // 32 * 32), max(32, width // 32 * 32))
-        image = torch.from_numpy(np.ascontiguousarray(grey)).float()[None, None] / 255
+        image = torch.from_numpy(np.array(grey, np.float32))[None, None] / 255  # a writable copy
         image = F.interpolate(image, resized, mode="bilinear", align_corners=False)
         xy = np.array([kp.pt for kp in keypoints], np.float32) * [resized[1] / width, resized[0] / height]
         with torch.inference_mode():

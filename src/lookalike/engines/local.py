@@ -103,13 +103,12 @@ def mutual_matches(query: np.ndarray, stored: np.ndarray) -> np.ndarray:
     if len(query) < 2 or len(stored) < 2:
         return np.empty((0, 2), np.int64)
     q, s = query.astype(np.float32), stored.astype(np.float32)
-    distances = (q**2).sum(1)[:, None] + (s**2).sum(1)[None, :] - 2 * q @ s.T
-    nearest = np.argpartition(distances, 1, axis=1)[:, :2]
-    two = np.take_along_axis(distances, nearest, axis=1)
-    swap = two[:, 1] < two[:, 0]
-    best = np.where(swap, nearest[:, 1], nearest[:, 0])
-    first, second = np.minimum(two[:, 0], two[:, 1]), np.maximum(two[:, 0], two[:, 1])
-    rows = np.arange(len(q))
-    # Squared distances: the ratio applies to their roots.
-    passed = (first < RATIO**2 * second) & (distances.argmin(axis=0)[best] == rows)
-    return np.stack([rows[passed], best[passed]], axis=1)
+    # OpenCV's brute-force matcher: as fast as a BLAS product when idle, far faster on a busy server.
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    best_query_of_stored = np.array([m.trainIdx for m in matcher.match(s, q)])
+    pairs = [
+        (first.queryIdx, first.trainIdx)
+        for first, second in matcher.knnMatch(q, s, k=2)
+        if first.distance < RATIO * second.distance and best_query_of_stored[first.trainIdx] == first.queryIdx
+    ]
+    return np.array(pairs, np.int64).reshape(-1, 2)
