@@ -17,7 +17,13 @@ import time
 
 import common
 
-BENCHMARKS = ["phash_throughput", "index_throughput", "search_latency", "copy_detection", "color_decode_size"]
+BENCHMARKS = [
+    "phash_throughput", "index_throughput", "search_latency", "copy_detection", "color_decode_size",
+    # Local features, at their quick sizes (the full ones: --full, see docs/benchmarks.md).
+    "local_crop_recall",
+    "local_search_latency",
+    "point_lookup",
+]
 
 
 def main() -> None:
