@@ -226,9 +226,7 @@ class Library:
     def due_for_training(self) -> list[str]:
         """Point engines whose index has outgrown its form: flat past its limit, or trained on too few."""
         return [
-            name
-            for name, index in self.indexes.items()
-            if isinstance(index, PointIndex) and index.points >= MIN_TRAINING_POINTS and index.needs_training()
+            name for name, index in self.indexes.items() if isinstance(index, PointIndex) and index.needs_training()
         ]
 
     def maintain(self) -> None:
@@ -304,8 +302,8 @@ class Library:
         if spec.kind != "points":
             index = FeatureIndex(spec)
             index.add(*self.store.read_features(name))
-        elif self.store.count(name) * TOTAL_KEYPOINTS >= TRAIN_AT_POINTS:
-            index = self._build_trained(name, self.store.count(name) * TOTAL_KEYPOINTS)
+        elif (estimate := self.store.count(name) * TOTAL_KEYPOINTS) >= TRAIN_AT_POINTS:
+            index = self._build_trained(name, estimate)
         else:
             index = PointIndex(spec, *self._point_callbacks(name))
             index.add(*self.store.read_features(name))

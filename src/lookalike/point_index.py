@@ -105,7 +105,7 @@ class PointIndex:
         if len(query) == 0:
             return []
         with self._lock.shared():
-            k = min(NEIGHBOURS, self.points)
+            k = min(NEIGHBOURS, self._index.ntotal)  # FAISS's own count: no sum over every image
             if k == 0:
                 return []
             _, points = self._index.search(np.ascontiguousarray(query.descriptors, np.float32), k)
