@@ -1,10 +1,14 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).parent))
+# One models directory for the whole run (subprocesses included): each model is exported once.
+MODELS_DIR = Path(os.environ.setdefault("LOOKALIKE_MODELS_DIR", tempfile.mkdtemp(prefix="lookalike-models-")))
 
 from photos import photos as load_photos  # noqa: E402
 

@@ -15,12 +15,13 @@ import pytest
 from photos import encode
 from PIL import ImageOps
 
+from lookalike.config import Settings
 from lookalike.engines import create_engine
 from lookalike.library import Library
 from lookalike.point_index import PointIndex
 from lookalike.store import FeatureStore
 
-ENGINES = ["phash", "color", "local"]  # the default
+ENGINES = Settings.model_fields["engines"].default
 
 
 def lookalike(data_dir: Path, *args: str, env: dict | None = None, **options) -> subprocess.CompletedProcess:
@@ -98,7 +99,7 @@ def test_an_engine_added_later_is_filled_in_by_the_next_index(tmp_path, gallery)
     assert "indexed 9, unchanged 0" in first.stderr, first.stderr
     with Library(tmp_path, ["phash", "color"]) as library:
         assert library.store.count("phash") == 9
-    second = lookalike(tmp_path, "index", str(gallery))  # the default engines include local
+    second = lookalike(tmp_path, "index", str(gallery))  # the default engines include local and the neural ones
     assert "indexed 9, unchanged 0" in second.stderr, second.stderr
     with Library(tmp_path, ENGINES) as library:
         assert all(library.store.count(name) == 9 for name in ENGINES)
@@ -129,6 +130,12 @@ def test_search_dupes_and_stats(tmp_path, gallery, photos):
 
     table = lookalike(tmp_path, "search", str(query), "-k", "1")
     assert table.returncode == 0 and "rocket.jpg" in table.stdout
+
+    by_text = json.loads(lookalike(tmp_path, "search", "--text", "a cat", "-k", "1", "--json").stdout)
+    assert by_text["image_text"][0]["file_name"] == str(gallery / "chelsea.jpg")
+    both = lookalike(tmp_path, "search", str(query), "--text", "a cat")
+    assert both.returncode != 0 and "not both" in both.stderr
+    assert "espresso" in lookalike(tmp_path, "tags", str(gallery / "coffee.jpg")).stdout.splitlines()
 
 
 def test_duplicates_are_grouped(tmp_path, photos):

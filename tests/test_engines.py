@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import scipy.fft
+from conftest import MODELS_DIR
 from photos import encode
 from PIL import Image, ImageEnhance, ImageOps
 
@@ -20,6 +21,8 @@ def features(engine, image: Image.Image) -> np.ndarray:
 def distance(engine, a: np.ndarray, b: np.ndarray) -> float:
     if engine.spec.metric == "hamming":
         return int(np.unpackbits(a ^ b).sum())
+    if engine.spec.metric == "ip":
+        return 1.0 - float(a @ b)
     return float(np.abs(a - b).sum())
 
 
@@ -38,7 +41,8 @@ def equal(a, b) -> bool:
 
 @pytest.fixture(params=sorted(ENGINES))
 def engine(request):
-    return create_engine(request.param)
+    with_models = request.param not in ("phash", "color")
+    return create_engine(request.param, {"models_dir": MODELS_DIR} if with_models else None)
 
 
 class TestEveryEngine:

@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
 from .config import Settings
-from .engines import ENGINES
+from .engines import ENGINES, TextSearchable
 from .errors import ImageTooLarge, LookalikeError
-from .library import Library, Match
+from .library import Library, Match, QueryExpansion
 from .store import MAX_IMAGE_ID
 
 MAX_K = 10_000
@@ -32,6 +32,15 @@ ThresholdForm = Annotated[
     Form(ge=0, allow_inf_nan=False, description="Largest distance; for local features the fewest matches"),
 ]
 MirroredForm = Annotated[bool, Form(description="Also search with the mirror image (local features)")]
+MAX_EXPANSION = 100
+_AQE_N = "Alpha query expansion: search again with the query plus this many nearest neighbours (embeddings)"
+_AQE_ALPHA = "Alpha query expansion: each neighbour's weight is its similarity to this power"
+AqeN = Annotated[int, Field(ge=0, le=MAX_EXPANSION, description=_AQE_N)]
+AqeAlpha = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False, description=_AQE_ALPHA)]
+AqeNForm = Annotated[int, Form(ge=0, le=MAX_EXPANSION, description=_AQE_N)]
+AqeAlphaForm = Annotated[float, Form(ge=0, le=100, allow_inf_nan=False, description=_AQE_ALPHA)]
+AqeNQuery = Annotated[int, Query(ge=0, le=MAX_EXPANSION, description=_AQE_N)]
+AqeAlphaQuery = Annotated[float, Query(ge=0, le=100, allow_inf_nan=False, description=_AQE_ALPHA)]
 KQuery = Annotated[int | None, Query(ge=1, le=MAX_K)]
 ThresholdQuery = Annotated[float | None, Query(ge=0, allow_inf_nan=False)]
 ImageIdForm = Annotated[int, Form(ge=0, le=MAX_IMAGE_ID)]
@@ -42,7 +51,7 @@ ImageFile = Annotated[UploadFile, File(description="The image: JPEG, PNG, WebP, 
 
 class MatchOut(BaseModel):
     image_id: int
-    distance: float | None = Field(None, description="phash, color: smaller is nearer")
+    distance: float | None = Field(None, description="every engine but local: smaller is nearer")
     matches: int | None = Field(None, description="local: keypoint matches one homography explains; more is better")
     file_name: str
 
@@ -62,6 +71,14 @@ class SimilarByIdRequest(BaseModel):
     image_id: ImageId
     k: K = None
     distance_threshold: Threshold = None
+    aqe_n: AqeN = 0
+    aqe_alpha: AqeAlpha = 3.0
+
+
+class SimilarByTextRequest(BaseModel):
+    text: str = Field(min_length=1, max_length=1_000)
+    k: K = None
+    distance_threshold: Threshold = None
 
 
 def create_app(settings: Settings | None = None, library: Library | None = None) -> FastAPI:
@@ -70,6 +87,7 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.library = library or Library.from_settings(settings)
+        await run_in_threadpool(app.state.library.prepare)  # models load before the first request, not during it
         saver = asyncio.create_task(_checkpoint_every(app.state.library, settings.checkpoint_seconds))
         try:
             yield
@@ -157,9 +175,12 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
         image_id: ImageIdPath,
         k: KQuery = None,
         distance_threshold: ThresholdQuery = None,
+        aqe_n: AqeNQuery = 0,
+        aqe_alpha: AqeAlphaQuery = 3.0,
     ) -> list[MatchOut]:
         """Stored images like a stored one, itself left out."""
-        return _out(lib(request).similar_to_id(engine, image_id, k, distance_threshold))
+        expansion = _expansion(aqe_n, aqe_alpha)
+        return _out(lib(request).similar_to_id(engine, image_id, k, distance_threshold, expansion))
 
     @app.post("/engines/{engine}/search", tags=["one engine"], response_model_exclude_none=True)
     def similar_to_image(
@@ -169,9 +190,28 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
         k: KForm = None,
         distance_threshold: ThresholdForm = None,
         mirrored: MirroredForm = False,
+        aqe_n: AqeNForm = 0,
+        aqe_alpha: AqeAlphaForm = 3.0,
     ) -> list[MatchOut]:
         data = read_upload(request, image)
-        return _out(lib(request).similar_to_image(engine, data, k, distance_threshold, mirrored))
+        expansion = _expansion(aqe_n, aqe_alpha)
+        return _out(lib(request).similar_to_image(engine, data, k, distance_threshold, mirrored, expansion))
+
+    @app.post("/engines/{engine}/search_text", tags=["one engine"], response_model_exclude_none=True)
+    def similar_to_text(request: Request, engine: str, body: SimilarByTextRequest = Body()) -> list[MatchOut]:
+        """Stored images a text describes (image_text), or that carry the tags it names (tags)."""
+        return _out(lib(request).similar_to_text(engine, body.text, body.k, body.distance_threshold))
+
+    # -- tags ------------------------------------------------------------------------------------
+
+    @app.post("/get_image_tags", tags=["tags"])
+    def image_tags(request: Request, image: ImageFile) -> list[str]:
+        """The tags of an uploaded image (not stored): what the classifier is confident it shows."""
+        return lib(request).tags_of_image(read_upload(request, image))
+
+    @app.get("/images/{image_id}/tags", tags=["tags"])
+    def stored_tags(request: Request, image_id: ImageIdPath) -> list[str]:
+        return lib(request).tags_of_id(image_id)
 
     # -- the original per-engine services' endpoint names ----------------------------------------
 
@@ -193,7 +233,8 @@ def _add_legacy_routes(app: FastAPI, engine: str, service: str) -> None:
 
     @app.post(f"/{service}_get_similar_images_by_id", tags=tags, response_model_exclude_none=True)
     def by_id(request: Request, body: SimilarByIdRequest = Body()) -> list[MatchOut]:
-        return _out(lib(request).similar_to_id(engine, body.image_id, body.k, body.distance_threshold))
+        expansion = _expansion(body.aqe_n, body.aqe_alpha)
+        return _out(lib(request).similar_to_id(engine, body.image_id, body.k, body.distance_threshold, expansion))
 
     @app.post(f"/{service}_get_similar_images_by_image_buffer", tags=tags, response_model_exclude_none=True)
     def by_image(
@@ -202,9 +243,18 @@ def _add_legacy_routes(app: FastAPI, engine: str, service: str) -> None:
         k: KForm = None,
         distance_threshold: ThresholdForm = None,
         mirrored: MirroredForm = False,
+        aqe_n: AqeNForm = 0,
+        aqe_alpha: AqeAlphaForm = 3.0,
     ) -> list[MatchOut]:
         data = read_upload(request, image)
-        return _out(lib(request).similar_to_image(engine, data, k, distance_threshold, mirrored))
+        expansion = _expansion(aqe_n, aqe_alpha)
+        return _out(lib(request).similar_to_image(engine, data, k, distance_threshold, mirrored, expansion))
+
+    if issubclass(ENGINES[engine], TextSearchable):
+
+        @app.post(f"/{service}_get_similar_images_by_text", tags=tags, response_model_exclude_none=True)
+        def by_text(request: Request, body: SimilarByTextRequest = Body()) -> list[MatchOut]:
+            return _out(lib(request).similar_to_text(engine, body.text, body.k, body.distance_threshold))
 
 
 def lib(request: Request) -> Library:
@@ -229,6 +279,10 @@ def delete(request: Request, engines: list[str] | None, image_id: int | None, fi
     library = lib(request)
     image_id = library.id_for_name(file_name) if file_name is not None else image_id
     return {"image_id": image_id, "deleted_from": library.delete(image_id, engines)}
+
+
+def _expansion(neighbours: int, alpha: float) -> QueryExpansion | None:
+    return QueryExpansion(neighbours, alpha) if neighbours else None
 
 
 def _out(matches: list[Match]) -> list[MatchOut]:

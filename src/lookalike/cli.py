@@ -31,8 +31,12 @@ def _settings(data_dir: Path | None, **overrides) -> Settings:
     return Settings(**{key: value for key, value in values.items() if value is not None})
 
 
-def _open(settings: Settings) -> Library:
-    return Library.from_settings(settings)
+def _open(settings: Settings, prepare: bool = False) -> Library:
+    library = Library.from_settings(settings)
+    if prepare:  # before a progress bar starts: the first run exports the models, which takes a while
+        with console.status("loading the models (the first run exports them to ONNX once)"):
+            library.prepare()
+    return library
 
 
 @app.command()
@@ -44,7 +48,7 @@ def index(
     """Index every image under DIRECTORY; files already indexed and unchanged are skipped."""
     settings = _settings(data_dir)
     with (
-        _open(settings) as library,
+        _open(settings, prepare=True) as library,
         Progress(
             TextColumn("indexing"),
             BarColumn(),
@@ -87,35 +91,64 @@ def index(
 @app.command()
 def train(
     engine: Annotated[str, typer.Option(help="The engine whose index to train.")] = "local",
+    whiten: Annotated[
+        bool, typer.Option(help="Embeddings (global): learn PCA whitening from the library (1,000+ images).")
+    ] = False,
+    compressed: Annotated[
+        bool, typer.Option(help="Embeddings: a compressed IVF-PQ index instead of exact search (10,000+ images).")
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """(Re)train the local features' compressed index now; `index` does this by itself as the library grows."""
+    """(Re)train an index now. Local features: its compressed index (`index` does this by itself as the
+    library grows). Embeddings (global, image_text, tags): whitening and/or compression as asked; with
+    neither, back to exact unwhitened search."""
     with _open(_settings(data_dir)) as library, console.status(f"training the {engine} index"):
-        library.train(engine, force=True)
+        if library.engine(engine).spec.kind == "points":
+            library.train(engine, force=True)
+        else:
+            library.train_vectors(engine, whiten, compressed)
     console.print(f"trained the {engine} index")
 
 
 @app.command()
 def search(
-    image: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
-    engine: Annotated[str, typer.Option(help="Engine name, or 'all'.")] = "all",
+    image: Annotated[Path | None, typer.Argument(exists=True, dir_okay=False, show_default=False)] = None,
+    text: Annotated[
+        str | None, typer.Option(help="Find photos this text describes instead (image_text, or tags by name).")
+    ] = None,
+    engine: Annotated[str, typer.Option(help="Engine name, or 'all' [default: image_text with --text].")] = "all",
     k: Annotated[int, typer.Option("-k", min=1, help="Results per engine.")] = 10,
     mirrored: Annotated[bool, typer.Option(help="Also find mirrored copies (local features).")] = False,
     data_dir: DataDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Find the stored images most like IMAGE."""
+    """Find the stored images most like IMAGE, or those --text describes."""
+    if (image is None) == (text is None):
+        raise typer.BadParameter("give an IMAGE or --text, not both")
     with _open(_settings(data_dir)) as library:
-        data = image.read_bytes()
-        if engine == "all":
-            found = library.search_all(data, k=k, mirrored=mirrored)
+        if text is not None:
+            engine = "image_text" if engine == "all" else engine
+            found, query = {engine: library.similar_to_text(engine, text, k=k)}, repr(text)
+        elif engine == "all":
+            found, query = library.search_all(image.read_bytes(), k=k, mirrored=mirrored), str(image)
         else:
-            found = {engine: library.similar_to_image(engine, data, k=k, mirrored=mirrored)}
+            found = {engine: library.similar_to_image(engine, image.read_bytes(), k=k, mirrored=mirrored)}
+            query = str(image)
     if as_json:
         print(json.dumps({name: [asdict(m) for m in matches] for name, matches in found.items()}, indent=2))
         return
     for name, matches in found.items():
-        _print_matches(f"{name}: nearest to {image}", matches)
+        _print_matches(f"{name}: nearest to {query}", matches)
+
+
+@app.command()
+def tags(
+    image: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    data_dir: DataDir = None,
+) -> None:
+    """Print what IMAGE shows, as tags (ImageNet classes the classifier is confident of); stores nothing."""
+    with _open(_settings(data_dir)) as library:
+        print("\n".join(library.tags_of_image(image.read_bytes())))
 
 
 @app.command()

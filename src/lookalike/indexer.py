@@ -21,6 +21,7 @@ from .store import ImageRecord
 IMAGE_SUFFIXES = set(".jpg .jpeg .jpe .png .webp .gif .bmp .tif .tiff .heic .heif .avif".split())
 BATCH_SIZE = 256
 BATCH_SECONDS = 2.0
+MODEL_BATCH = 8  # images a worker decodes and runs through the neural models together
 
 
 @dataclass(frozen=True)
@@ -110,12 +111,15 @@ def run(
             batch = []
         last_commit = time.monotonic()
 
+    library.prepare()  # a model is exported (or downloaded) once here, not by every worker at once
     context = multiprocessing.get_context("spawn")  # no fork of a process holding FAISS/OpenMP threads
     start_args = (library.engine_options, library.max_pixels, os.getpid())
     with ProcessPoolExecutor(workers or os.cpu_count(), context, worker.start, start_args) as pool:
         try:
             paths = [job.path for job in todo.jobs]
-            for job, outcome in zip(todo.jobs, pool.map(worker.extract, paths, chunksize=4)):
+            chunks = [paths[start : start + MODEL_BATCH] for start in range(0, len(paths), MODEL_BATCH)]
+            outcomes = (outcome for chunk in pool.map(worker.extract_batch, chunks) for outcome in chunk)
+            for job, outcome in zip(todo.jobs, outcomes):
                 if isinstance(outcome, str):
                     report.failed.append((job.path, outcome))
                     on_done(job, outcome)

@@ -19,15 +19,20 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .decode import DEFAULT_MAX_PIXELS
-from .engines import Engine, create_engine, decode_for
+from .engines import Engine, TextSearchable, create_engine, decode_for
 from .engines.local import TOTAL_KEYPOINTS
+from .engines.tags import Tags
 from .errors import InvalidRequest, LookalikeError, NotFound
-from .index import FeatureIndex, Marker, Neighbour
+from .index import FeatureIndex, Marker, Neighbour, Template, load_template, save_template, train_template
 from .point_index import DEFAULT_NPROBE, TRAIN_AT_POINTS, PointIndex
 from .store import MAX_IMAGE_ID, FeatureStore, ImageRecord
 
 log = logging.getLogger(__name__)
 MIN_TRAINING_POINTS = 10_000  # PQ's 256 centroids per sub-vector need a few thousand points at least
+# PCA whitening estimates a covariance matrix: with fewer images than this it learns their noise.
+MIN_WHITENING_IMAGES = 1_000
+WHITENED_DIMS = 512
+MIN_COMPRESSED_IMAGES = 10_000  # PQ's 256 centroids per sub-vector, and sqrt(n) inverted lists
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,14 @@ class Match:
     distance: float | None
     file_name: str
     matches: int | None = None
+
+
+@dataclass(frozen=True)
+class QueryExpansion:
+    """Alpha query expansion's settings: how many neighbours join the query, and their weights' power."""
+
+    neighbours: int
+    alpha: float = 3.0
 
 
 class Library:
@@ -62,6 +75,7 @@ class Library:
         (self.data_dir / "indexes").mkdir(exist_ok=True)
         self._write_lock = threading.Lock()
         self._saved_seq: dict[str, int] = {}
+        self.templates = {name: self._load_template(name) for name in self.engines}
         self.indexes = {name: self._open_index(name) for name in self.engines}
 
     @classmethod
@@ -69,6 +83,11 @@ class Library:
         return cls(settings.data_dir, settings.engines, settings.max_pixels, settings.engine_options(), settings.nprobe)
 
     # -- features --------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Load every engine's model now (exported or downloaded on first use) rather than on the first image."""
+        for engine in self.engines.values():
+            engine.prepare()
 
     def decode(self, data: bytes, engines: list[str]) -> Image.Image:
         return decode_for([self.engines[name] for name in engines], data, self.max_pixels)
@@ -123,23 +142,60 @@ class Library:
 
     # -- searches --------------------------------------------------------------------------------
 
-    def similar_to_id(self, engine: str, image_id: int, k: int | None = None, threshold: float | None = None):
+    def similar_to_id(
+        self,
+        engine: str,
+        image_id: int,
+        k: int | None = None,
+        threshold: float | None = None,
+        expansion: QueryExpansion | None = None,
+    ):
         """Images like a stored one, itself left out."""
         check_image_id(image_id)
         self._engine_names([engine])
         feature = self.store.feature(engine, image_id)
         if feature is None:
             raise NotFound(f"image {image_id} is not in the {engine} engine")
-        matches = self._search(engine, [feature], k + 1 if k is not None else None, threshold)
+        variants = [self._expanded(engine, feature, expansion, image_id)] if expansion else [feature]
+        matches = self._search(engine, variants, k + 1 if k is not None else None, threshold)
         return [m for m in matches if m.image_id != image_id][:k]
 
     def similar_to_image(
-        self, engine: str, data: bytes, k: int | None = None, threshold: float | None = None, mirrored: bool = False
+        self,
+        engine: str,
+        data: bytes,
+        k: int | None = None,
+        threshold: float | None = None,
+        mirrored: bool = False,
+        expansion: QueryExpansion | None = None,
     ):
         """Stored images like an uploaded one; `mirrored` also searches with its mirror image."""
         self._engine_names([engine])
         image = self.decode(data, [engine])
-        return self._search(engine, self.engines[engine].query_variants(image, mirrored), k, threshold)
+        variants = self.engines[engine].query_variants(image, mirrored)
+        if expansion:
+            variants = [self._expanded(engine, variant, expansion) for variant in variants]
+        return self._search(engine, variants, k, threshold)
+
+    def similar_to_text(self, engine: str, text: str, k: int | None = None, threshold: float | None = None):
+        """Stored images that `text` describes, in an engine that embeds text beside images."""
+        searcher = self.engine(engine)
+        if not isinstance(searcher, TextSearchable):
+            texts = [name for name, e in self.engines.items() if isinstance(e, TextSearchable)]
+            raise InvalidRequest(f"the {engine} engine has no text search; engines with one: {', '.join(texts)}")
+        return self._search(engine, [searcher.embed_text(text)], k, threshold)
+
+    def tags_of_image(self, data: bytes) -> list[str]:
+        tagger = self._tagger()
+        return tagger.tags(tagger.extract(self.decode(data, [tagger.name])))
+
+    def tags_of_id(self, image_id: int) -> list[str]:
+        check_image_id(image_id)
+        tagger = self._tagger()
+        feature = self.store.feature(tagger.name, image_id)
+        if feature is None:
+            raise NotFound(f"image {image_id} is not in the tags engine")
+        return tagger.tags(feature)
 
     def search_all(self, data: bytes, k: int | None = None, threshold: float | None = None, mirrored: bool = False):
         """Each engine's answer for one uploaded image, decoded once.
@@ -176,6 +232,26 @@ class Library:
             groups.append([Match(int(ids[m]), float(d), n or "") for m, d, n in zip(members, distances, names)])
         return sorted(groups, key=lambda group: (-len(group), group[0].image_id))
 
+    def _expanded(self, engine: str, query: np.ndarray, expansion: QueryExpansion, itself: int | None = None):
+        """Alpha query expansion: the query plus its nearest stored vectors, each weighted by its
+        similarity to the query to the power alpha, normalised (Radenovic et al., 2018)."""
+        if self.engines[engine].spec.metric != "ip":
+            raise InvalidRequest(f"query expansion needs an embedding engine, not {engine}")
+        found = [n for n in self.indexes[engine].search(query, expansion.neighbours + 1) if n.image_id != itself]
+        found = found[: expansion.neighbours]
+        if not found:
+            return query
+        ids, vectors = self.store.read_features(engine, [n.image_id for n in found])
+        similarity = {n.image_id: 1.0 - n.distance for n in found}
+        weights = np.clip(np.array([similarity[i] for i in ids.tolist()], np.float32), 0.0, None) ** expansion.alpha
+        expanded = query + weights @ vectors
+        return (expanded / max(float(np.linalg.norm(expanded)), 1e-12)).astype(np.float32)
+
+    def _tagger(self) -> Tags:
+        if "tags" not in self.engines:
+            raise NotFound(f"the tags engine is not served; served engines: {', '.join(self.engines)}")
+        return self.engines["tags"]
+
     def _search(self, engine: str, variants: list, k: int | None, threshold: float | None, check=True) -> list[Match]:
         """The k best, or all within `threshold`: a distance, or for the local engine a minimum of matches."""
         if check and (k is None) == (threshold is None):
@@ -188,18 +264,14 @@ class Library:
         names = self.store.names_for([n.image_id for n in found])
         return [Match(n.image_id, n.distance, name or "", n.matches) for n, name in zip(found, names)]
 
-    # -- the point index's training --------------------------------------------------------------
+    # -- training: the point index, and embeddings' whitening and compression -------------------
 
     def train(self, engine: str, force: bool = False) -> bool:
-        """Train a point engine's compressed index when it has grown enough (or now, with `force`).
-
-        The new index is built from a snapshot of the store while searches and writes go on; the
-        journal then replays what changed meanwhile, and the new index takes over.
-        """
+        """Train a point engine's compressed index when it has grown enough (or now, with `force`)."""
         self._engine_names([engine])
         index = self.indexes[engine]
         if not isinstance(index, PointIndex):
-            raise InvalidRequest(f"the {engine} engine has nothing to train")
+            raise InvalidRequest(f"the {engine} engine has no point index: nothing to train")
         if not (force or index.needs_training()):
             return False
         if index.points < MIN_TRAINING_POINTS:
@@ -208,20 +280,60 @@ class Library:
                 "(below that, exact search is fast)"
             )
         started = time.perf_counter()
-        with self._write_lock:
-            seq = self._training_from[engine] = self.store.journal_seq(engine)
-        try:
-            trained = self._build_trained(engine, index.points)
-            with self._write_lock:
-                self._replay(engine, trained, self.store.journal_since(engine, seq))
-                self.indexes[engine] = trained
-                self._saved_seq.pop(engine, None)
-        finally:
-            self._training_from.pop(engine, None)
+        trained = self._rebuild_beside(engine, lambda: self._build_trained(engine, index.points))
         log.info(
             "%s: trained on %d descriptors in %.1f s", engine, trained.trained_points, time.perf_counter() - started
         )
         return True
+
+    def train_vectors(self, engine: str, whiten: bool, compressed: bool) -> Template | None:
+        """Learn PCA whitening and/or a compressed (IVF-PQ) index from an embedding engine's stored
+        vectors, and rebuild its index with them; neither: back to the exact, unwhitened index."""
+        self._engine_names([engine])
+        spec, images = self.engines[engine].spec, self.store.count(engine)
+        if spec.metric != "ip":
+            raise InvalidRequest(f"the {engine} engine's features are not embeddings: nothing to whiten or compress")
+        if whiten and isinstance(self.engines[engine], TextSearchable):
+            raise InvalidRequest(f"whitening {engine} would move its images away from its text queries")
+        if whiten and images < MIN_WHITENING_IMAGES:
+            raise InvalidRequest(f"{engine} holds {images} images; whitening needs {MIN_WHITENING_IMAGES}")
+        if compressed and images < MIN_COMPRESSED_IMAGES:
+            raise InvalidRequest(
+                f"{engine} holds {images} images; a compressed index needs {MIN_COMPRESSED_IMAGES} "
+                "(below that, exact search is fast)"
+            )
+
+        def build() -> FeatureIndex:
+            ids, vectors = self.store.read_features(engine)
+            dims = min(spec.dim, WHITENED_DIMS, len(vectors) // 2) if whiten else None
+            template = train_template(spec, vectors, dims, compressed) if whiten or compressed else None
+            index = FeatureIndex(spec, template=template)
+            index.set_nprobe(self.nprobe)
+            index.add(ids, vectors)
+            return index
+
+        started = time.perf_counter()
+        self._rebuild_beside(engine, build)
+        self.checkpoint()  # the template and the index made from it land on disk together
+        log.info("%s: whitened %s, compressed %s in %.1f s", engine, whiten, compressed, time.perf_counter() - started)
+        return self.templates[engine]
+
+    def _rebuild_beside(self, engine: str, build):
+        """Build a new index from a snapshot of the store while searches and writes go on; the journal
+        then replays what changed meanwhile, and the new index takes over."""
+        with self._write_lock:
+            seq = self._training_from[engine] = self.store.journal_seq(engine)
+        try:
+            rebuilt = build()
+            with self._write_lock:
+                self._replay(engine, rebuilt, self.store.journal_since(engine, seq))
+                if isinstance(rebuilt, FeatureIndex):
+                    self._swap_template(engine, rebuilt)
+                self.indexes[engine] = rebuilt
+                self._saved_seq.pop(engine, None)
+        finally:
+            self._training_from.pop(engine, None)
+        return rebuilt
 
     def due_for_training(self) -> list[str]:
         """Point engines whose index has outgrown its form: flat past its limit, or trained on too few."""
@@ -277,6 +389,9 @@ class Library:
         found = {"features": self.store.count(name), "indexed": index.ntotal}
         if isinstance(index, PointIndex):
             found |= {"descriptors": index.points, "trained_on": index.trained_points}
+        elif (template := self.templates.get(name)) is not None:
+            found |= {"whitened_dims": template.whitened_dims, "compressed": template.compressed}
+            found |= {"trained_on": template.trained_on}
         return found
 
     def _open_index(self, name: str) -> FeatureIndex | PointIndex:
@@ -285,7 +400,7 @@ class Library:
         if spec.kind == "points":
             loaded = PointIndex.load(path, spec, *self._point_callbacks(name))
         else:
-            loaded = FeatureIndex.load(path, spec)
+            loaded = FeatureIndex.load(path, spec, self.templates[name])
         if loaded is not None:
             index, marker = loaded
             touched = self.store.journal_since(name, marker.seq) if marker.store_uuid == self.store.uuid else None
@@ -295,12 +410,12 @@ class Library:
                 else:
                     log.info("%s index: catching up %d changed images from the journal", name, len(touched))
                     self._replay(name, index, touched)
-                if isinstance(index, PointIndex):
-                    index.set_nprobe(self.nprobe)
+                index.set_nprobe(self.nprobe)
                 return index
         started = time.perf_counter()
         if spec.kind != "points":
-            index = FeatureIndex(spec)
+            index = FeatureIndex(spec, template=self.templates[name])
+            index.set_nprobe(self.nprobe)
             index.add(*self.store.read_features(name))
         elif (estimate := self.store.count(name) * TOTAL_KEYPOINTS) >= TRAIN_AT_POINTS:
             index = self._build_trained(name, estimate)
@@ -325,6 +440,26 @@ class Library:
 
     def _index_path(self, name: str) -> Path:
         return self.data_dir / "indexes" / f"{name}.faiss"
+
+    def _template_path(self, name: str) -> Path:
+        return self.data_dir / "indexes" / f"{name}.template.faiss"
+
+    def _load_template(self, name: str) -> Template | None:
+        spec = self.engines[name].spec
+        return load_template(self._template_path(name), spec) if spec.kind == "float" else None
+
+    def _swap_template(self, name: str, index: FeatureIndex) -> None:
+        """Make `index`'s template the engine's, on disk first: an index file made from an older
+        template no longer matches and is rebuilt from the raw vectors if a crash comes first."""
+        template = index.template
+        if template is None:
+            self._template_path(name).unlink(missing_ok=True)
+        else:
+            save_template(self._template_path(name), self.engines[name].spec, template)
+        self.templates[name] = template
+
+    def engine(self, name: str) -> Engine:
+        return self.engines[self._engine_names([name])[0]]
 
     def _engine_names(self, engines: list[str] | None) -> list[str]:
         if engines is None:

@@ -13,6 +13,7 @@ import cv2
 
 from .engines import Engine, create_engine, decode_for
 from .errors import LookalikeError
+from .models import runtime
 
 _engines: dict[str, Engine] = {}
 _max_pixels = 0
@@ -26,16 +27,38 @@ def start(engines: dict[str, dict | None], max_pixels: int, parent_pid: int) -> 
     # would only contend with the other workers.
     os.environ["OMP_NUM_THREADS"] = "1"
     cv2.setNumThreads(1)
+    runtime.set_threads(1)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     _engines.update({name: create_engine(name, options) for name, options in engines.items()})
     _max_pixels = max_pixels
 
 
-def extract(path: Path) -> dict | str:
-    """The file's features in every engine, or why it could not be read."""
+def extract_batch(paths: list[Path]) -> list[dict | str]:
+    """Each file's features in every engine, or why it could not be read. Neural engines run the
+    decoded images through their model as one batch."""
+    outcomes: list[dict | str] = [_decode(path) for path in paths]
+    decoded = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, str)]
     try:
-        image = decode_for(_engines.values(), path.read_bytes(), _max_pixels)
+        images = [outcomes[i] for i in decoded]
+        features = {name: engine.extract_many(images) for name, engine in _engines.items()} if images else {}
+        for position, i in enumerate(decoded):
+            outcomes[i] = {name: found[position] for name, found in features.items()}
+    except LookalikeError:  # one image spoiled the batch: only it should fail
+        for i in decoded:
+            outcomes[i] = _extract_one(outcomes[i])
+    return outcomes
+
+
+def _extract_one(image) -> dict | str:
+    try:
         return {name: engine.extract(image) for name, engine in _engines.items()}
+    except LookalikeError as exc:
+        return exc.message
+
+
+def _decode(path: Path):
+    try:
+        return decode_for(_engines.values(), path.read_bytes(), _max_pixels)
     except LookalikeError as exc:
         return exc.message
     except OSError as exc:

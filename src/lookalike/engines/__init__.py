@@ -5,15 +5,21 @@ from collections.abc import Iterable
 from PIL import Image
 
 from ..decode import decode
-from .base import Engine, FeatureSpec, Keypoints
+from .base import Engine, FeatureSpec, Keypoints, TextSearchable
 from .color import ColorHistogram
+from .global_features import GlobalFeatures
+from .image_text import ImageText
 from .local import LocalFeatures
 from .phash import PHash
+from .tags import Tags
 
 ENGINES: dict[str, type[Engine]] = {
     PHash.name: PHash,
     ColorHistogram.name: ColorHistogram,
     LocalFeatures.name: LocalFeatures,
+    GlobalFeatures.name: GlobalFeatures,
+    ImageText.name: ImageText,
+    Tags.name: Tags,
 }
 
 
@@ -30,4 +36,4 @@ def decode_for(engines: Iterable[Engine], data: bytes, max_pixels: int) -> Image
     return decode(data, min_side=None if None in sides else max(sides), max_pixels=max_pixels)
 
 
-__all__ = ["ENGINES", "Engine", "FeatureSpec", "Keypoints", "create_engine", "decode_for"]
+__all__ = ["ENGINES", "Engine", "FeatureSpec", "Keypoints", "TextSearchable", "create_engine", "decode_for"]

@@ -12,12 +12,13 @@ from PIL import Image
 @dataclass(frozen=True)
 class FeatureSpec:
     """What one image's feature is: `dim` bits (binary), `dim` float32 values (float), or a variable
-    number of `dim`-byte descriptors with their positions (points); compared by `metric`.
+    number of `dim`-byte descriptors with their positions (points); compared by `metric` (for "ip",
+    the inner product, the distance is 1 - inner product: the cosine distance of unit vectors).
     `model` names what made the feature, where the engine offers a choice."""
 
     kind: Literal["binary", "float", "points"]
     dim: int
-    metric: Literal["hamming", "l1", "l2"]
+    metric: Literal["hamming", "l1", "l2", "ip"]
     model: str = ""
 
     @property
@@ -82,10 +83,17 @@ class Engine(ABC):
     # The original services' name in their search endpoints, e.g. /phash_get_similar_images_by_id.
     service_name: str = ""
 
+    def prepare(self) -> None:
+        """Fetch or load what extraction needs (a model), so that it happens once and up front."""
+
     @abstractmethod
     def extract(self, image: Image.Image):
         """One RGB image to one feature: a 1-D array of `spec.width` elements of `spec.dtype`
         (a `Keypoints` for a points engine)."""
+
+    def extract_many(self, images: list[Image.Image]) -> list:
+        """Features of several images; neural engines run them through their model as one batch."""
+        return [self.extract(image) for image in images]
 
     def query_variants(self, image: Image.Image, mirrored: bool = False) -> list:
         """Features to search with; an image's score is its best over all variants.
@@ -93,3 +101,11 @@ class Engine(ABC):
         `mirrored` asks for the mirror image too, where an engine does not search with it anyway.
         """
         return [self.extract(image)]
+
+
+class TextSearchable(ABC):
+    """An engine that also answers a text query, with a feature in the same space as its images'."""
+
+    @abstractmethod
+    def embed_text(self, text: str) -> np.ndarray:
+        """The text's query feature; raises InvalidRequest when the engine cannot read this text."""

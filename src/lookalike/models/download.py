@@ -18,7 +18,7 @@ from typing import BinaryIO
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-from lookalike.errors import ModelUnavailable
+from ..errors import ModelUnavailable
 
 CHUNK_BYTES = 1 << 20
 TIMEOUT_SECONDS = 30  # per socket operation, not for the whole file: a slow link still finishes
@@ -50,8 +50,8 @@ def fetch_weights(weights: RemoteWeights, models_dir: Path, progress: bool = Tru
         )
     if _is_verified(path, weights.sha256):
         return path  # no lock needed to read a complete file, so a read-only models_dir works too
-    models_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(models_dir / ".lock"):  # two processes starting at once download the file only once
+    path.parent.mkdir(parents=True, exist_ok=True)  # filename may name a subfolder of models_dir
+    with locked(models_dir / ".lock"):  # two processes starting at once download the file only once
         if _is_verified(path, weights.sha256):
             return path  # another process downloaded it while we waited
         path.unlink(missing_ok=True)  # truncated or replaced: download it again rather than load it
@@ -131,7 +131,7 @@ def _sha256_of(path: Path) -> str:
 
 
 @contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
+def locked(lock_path: Path) -> Iterator[None]:
     """An exclusive flock, released when the file is closed (also when the process dies)."""
     with lock_path.open("a") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
