@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import logging
 import os
 import tempfile
 import warnings
@@ -10,6 +11,8 @@ from pathlib import Path
 
 from ..errors import ModelUnavailable
 from .download import locked
+
+log = logging.getLogger(__name__)
 
 # One inference at a time per process uses the cores given here; the bulk indexer runs one process
 # per core and sets this to 1 in each.
@@ -43,6 +46,7 @@ def exported(path: Path, export: Callable[[Path], None]) -> Path:
     with locked(path.parent / ".lock"):
         if path.exists():
             return path  # another process exported it while we waited
+        log.info("making %s (once; later starts reuse it)", path)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         os.close(fd)
         try:
@@ -50,6 +54,8 @@ def exported(path: Path, export: Callable[[Path], None]) -> Path:
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 export(Path(temporary))
+            with open(temporary, "rb") as file:
+                os.fsync(file.fileno())  # a power cut must not leave an empty model under the final name
             os.replace(temporary, path)
         finally:
             Path(temporary).unlink(missing_ok=True)
