@@ -1,4 +1,4 @@
-"""Copy-detection quality on real photos: recall@1 per transform, phash and color engines.
+"""Copy-detection quality on real photos: recall@1 per transform, phash, color and the neural engines.
 
 Originals: the 46 test photos (scikit-image + interior) and the Machine Vision Toolbox photos
 (common.mvtb_photos(): drawings, binary and sub-200-px images skipped), each encoded as JPEG q90
@@ -13,24 +13,36 @@ a black outline, ~90% of the width, across the middle); border-white / border-bl
 of the width on the left and right and 10% of the height on top and bottom).
 
 Also: for phash, the share of rank-1 hits within the default duplicate threshold (64 bits); and for
-both engines the false-positive margin: the smallest distance from an original (queried as an
-upload, so with phash's mirror variant) to any *other* original.
+every engine the false-positive margin: the smallest distance from an original (queried as an
+upload, so with phash's mirror variant and global's two 90-degree turns) to any *other* original.
 
-Run: .venv/bin/python bench/copy_detection.py
+Neural engines, in the same run on the same originals and copies: global features with
+EfficientNet-Lite2 (the default) and image_text (imagenet-minilm) live in the same Library as phash
+and color, so every original is decoded once for all four at 512 px as before (phash's and color's
+numbers do not move); global with EfficientNet-Lite0 needs its own Library (["phash", "color",
+"global"] with model="efficientnet-lite0", for the same 512-px decode of the originals). A query
+decodes for its engine alone, as similar_to_image always does. Their share of rank-1 hits within
+the engine's duplicate threshold (global 0.05, image_text 0.02, cosine distance) is reported too.
+Models: LOOKALIKE_MODELS_DIR, else the engines' default models dir.
+
+Run: LOOKALIKE_MODELS_DIR=/tmp/lk-models .venv/bin/python bench/copy_detection.py
 """
 
 import io
+import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import common
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-import common
 from lookalike.library import Library
 
 ENGINES = ["phash", "color"]
+# (column, library, engine): the neural engines' columns; "main" is the library of ENGINES.
+NEURAL = [("global lite2", "main", "global"), ("global lite0", "lite0", "global"), ("image_text", "main", "image_text")]
 
 
 def crop_area(image: Image.Image, removed: float) -> Image.Image:
@@ -48,8 +60,15 @@ def text_overlay(image: Image.Image) -> Image.Image:
     probe = ImageFont.load_default(size=100)
     size = max(8, int(100 * 0.9 * image.width / draw.textlength(text, font=probe)))
     font = ImageFont.load_default(size=size)
-    draw.text((image.width / 2, image.height / 2), text, font=font, fill="white", anchor="mm",
-              stroke_width=max(1, size // 15), stroke_fill="black")
+    draw.text(
+        (image.width / 2, image.height / 2),
+        text,
+        font=font,
+        fill="white",
+        anchor="mm",
+        stroke_width=max(1, size // 15),
+        stroke_fill="black",
+    )
     return image
 
 
@@ -78,6 +97,12 @@ def copies(data: bytes) -> dict[str, bytes]:
     return {name: common.jpeg(fn(image), 30 if name == "jpeg-q30" else 90) for name, fn in TRANSFORMS.items()}
 
 
+def models_options(model: str) -> dict:
+    models_dir = os.environ.get("LOOKALIKE_MODELS_DIR")
+    options = {"global": {"model": model}, "image_text": {}}
+    return {name: {**o, "models_dir": models_dir} if models_dir else o for name, o in options.items()}
+
+
 def main() -> None:
     photos = {**common.test_photos(), **common.mvtb_photos()}
     names = list(photos)
@@ -87,22 +112,39 @@ def main() -> None:
         transformed = list(pool.map(copies, originals, chunksize=4))
 
     hits = {(t, e): [] for t in TRANSFORMS for e in ENGINES}  # rank-1 distance if a hit, else None
+    hits |= {(t, column): [] for t in TRANSFORMS for column, _, _ in NEURAL}
     margin = {}
-    with tempfile.TemporaryDirectory() as tmp, Library(Path(tmp), ENGINES) as library:
+    with tempfile.TemporaryDirectory() as tmp:
+        libraries = {
+            "main": Library(
+                Path(tmp, "main"),
+                [*ENGINES, "global", "image_text"],
+                engine_options=models_options("efficientnet-lite2"),
+            ),
+            "lite0": Library(
+                Path(tmp, "lite0"), [*ENGINES, "global"], engine_options=models_options("efficientnet-lite0")
+            ),
+        }
+        library = libraries["main"]
+        columns = [(e, library, e) for e in ENGINES] + [(c, libraries[lib], e) for c, lib, e in NEURAL]
         for image_id, (name, data) in enumerate(zip(names, originals)):
-            library.add(image_id, data, name)
+            for each in libraries.values():
+                each.add(image_id, data, name)
         for image_id, queries in enumerate(transformed):
             for transform, data in queries.items():
-                for engine in ENGINES:
-                    (match,) = library.similar_to_image(engine, data, k=1)
-                    hits[transform, engine].append(match.distance if match.image_id == image_id else None)
-        for engine in ENGINES:
+                for column, each, engine in columns:
+                    (match,) = each.similar_to_image(engine, data, k=1)
+                    hits[transform, column].append(match.distance if match.image_id == image_id else None)
+        for column, each, engine in columns:
             nearest = []
             for image_id, data in enumerate(originals):
-                other = [m for m in library.similar_to_image(engine, data, k=2) if m.image_id != image_id][0]
+                other = [m for m in each.similar_to_image(engine, data, k=2) if m.image_id != image_id][0]
                 nearest.append((other.distance, names[image_id], other.file_name))
-            margin[engine] = sorted(nearest)
+            margin[column] = sorted(nearest)
         threshold = library.engines["phash"].duplicate_threshold
+        neural_thresholds = {c: libraries[lib].engines[e].duplicate_threshold for c, lib, e in NEURAL}
+        for each in libraries.values():
+            each.close()
 
     rows, results = [], {}
     for transform in TRANSFORMS:
@@ -124,20 +166,57 @@ def main() -> None:
             mean.append("")
     rows.append(mean)
 
-    print(f"## Copy detection, recall@1 ({len(originals)} originals: 46 test photos + "
-          f"{len(originals) - 46} mvtb photos; one query per original and transform)\n")
-    print(common.table(
-        ["transform", "phash recall@1", "phash median distance of hits (bits)", f"phash hits <= {threshold:g} bits",
-         "color recall@1", "color median distance of hits (L1)"],
-        rows,
-    ))
+    print(
+        f"## Copy detection, recall@1 ({len(originals)} originals: 46 test photos + "
+        f"{len(originals) - 46} mvtb photos; one query per original and transform)\n"
+    )
+    print(
+        common.table(
+            [
+                "transform",
+                "phash recall@1",
+                "phash median distance of hits (bits)",
+                f"phash hits <= {threshold:g} bits",
+                "color recall@1",
+                "color median distance of hits (L1)",
+            ],
+            rows,
+        )
+    )
+    neural_rows = []
+    for transform in TRANSFORMS:
+        row = [transform]
+        for column, _, _ in NEURAL:
+            found = [d for d in hits[transform, column] if d is not None]
+            recall = len(found) / len(originals)
+            within = sum(d <= neural_thresholds[column] for d in found) / len(found) if found else 0.0
+            row += [f"{recall:.2f}", f"{np.median(found):.3g}" if found else "-", f"{within:.2f}"]
+            results[f"{transform}/{column}"] = {"recall_at_1": recall, "hit_distances": found}
+        neural_rows.append(row)
+    mean = ["mean"]
+    for column, _, _ in NEURAL:
+        mean += [f"{np.mean([results[f'{t}/{column}']['recall_at_1'] for t in TRANSFORMS]):.2f}", "", ""]
+    neural_rows.append(mean)
+    print(
+        "\nNeural engines, same originals and copies (distance = cosine distance; global queries also search "
+        "the copy turned 90 degrees either way):\n"
+    )
+    headers = ["transform"]
+    for column, _, _ in NEURAL:
+        headers += [
+            f"{column} recall@1",
+            f"{column} median distance of hits",
+            f"{column} hits <= {neural_thresholds[column]:g}",
+        ]
+    print(common.table(headers, neural_rows))
     print("\nFalse-positive margin (each original queried as an upload; nearest *other* original):\n")
     margin_rows = []
-    for engine in ENGINES:
+    for engine in [*ENGINES, *(c for c, _, _ in NEURAL)]:
         distances = [d for d, _, _ in margin[engine]]
         d, a, b = margin[engine][0]
-        margin_rows.append([engine, f"{d:.3g}", f"{a} / {b}", f"{np.percentile(distances, 5):.3g}",
-                            f"{np.median(distances):.3g}"])
+        margin_rows.append(
+            [engine, f"{d:.3g}", f"{a} / {b}", f"{np.percentile(distances, 5):.3g}", f"{np.median(distances):.3g}"]
+        )
     print(common.table(["engine", "smallest", "closest pair", "5th percentile", "median"], margin_rows))
     pairs = {}
     for d, a, b in margin["phash"]:
@@ -145,10 +224,14 @@ def main() -> None:
     closest = ", ".join(f"{d:.0f} ({a} / {b})" for (a, b), d in list(pairs.items())[:5])
     print(f"\nphash, the 5 closest pairs: {closest}.")
     print(f"\n{common.machine_markdown()}")
-    common.save_json("copy_detection", {
-        "originals": names, "results": results,
-        "margin": {e: [{"distance": d, "original": a, "nearest": b} for d, a, b in m] for e, m in margin.items()},
-    })
+    common.save_json(
+        "copy_detection",
+        {
+            "originals": names,
+            "results": results,
+            "margin": {e: [{"distance": d, "original": a, "nearest": b} for d, a, b in m] for e, m in margin.items()},
+        },
+    )
 
 
 if __name__ == "__main__":

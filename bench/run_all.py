@@ -18,11 +18,21 @@ import time
 import common
 
 BENCHMARKS = [
-    "phash_throughput", "index_throughput", "search_latency", "copy_detection", "color_decode_size",
+    "phash_throughput",
+    "index_throughput",
+    "search_latency",
+    "copy_detection",
+    "color_decode_size",
     # Local features, at their quick sizes (the full ones: --full, see docs/benchmarks.md).
     "local_crop_recall",
     "local_search_latency",
     "point_lookup",
+    # Neural engines (global, image_text, tags); models exported once into LOOKALIKE_MODELS_DIR (else the
+    # engines' default models dir). global_search_latency at its quick size (100k; --full adds 1M).
+    "neural_throughput",
+    "text_search_recall",
+    "global_retrieval",
+    "global_search_latency",
 ]
 
 
@@ -44,8 +54,10 @@ def main() -> None:
         own_cpu = after.ru_utime + after.ru_stime - own.ru_utime - own.ru_stime
         other = common.cpu_ticks()[0] - busy - own_cpu
         stolen = common.cpu_ticks()[1] - steal
-        note = (f"<!-- {name}: {seconds:.0f} s, exit {done.returncode}; meanwhile other processes used "
-                f"{max(other, 0) / seconds:.2f} cores on average, steal {stolen / seconds:.2f} -->")
+        note = (
+            f"<!-- {name}: {seconds:.0f} s, exit {done.returncode}; meanwhile other processes used "
+            f"{max(other, 0) / seconds:.2f} cores on average, steal {stolen / seconds:.2f} -->"
+        )
         print(done.stdout, flush=True)
         print(note, flush=True)
         sections.append(done.stdout + "\n" + note + "\n")

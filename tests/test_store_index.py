@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import lookalike.store
-from lookalike.engines import create_engine
+from lookalike.engines import FeatureSpec, create_engine
 from lookalike.errors import Conflict, LookalikeError, NotFound, StoreVersionError
-from lookalike.index import FeatureIndex, Marker
+from lookalike.index import FeatureIndex, Marker, train_template
 from lookalike.library import Library
 from lookalike.store import FeatureStore, ImageRecord
 from photos import encode
@@ -169,3 +169,27 @@ def crash(library: Library) -> None:
     """Drop a library the way a killed process would: nothing saved, only what LMDB committed."""
     library.store.close()
     library._lock_file.close()
+
+
+@pytest.mark.parametrize("dims", [384, 998])  # 998 (tags): no PQ code count divides it, scalar codes instead
+def test_a_compressed_index_re_scores_its_candidates_exactly(dims):
+    spec = FeatureSpec("float", dims, "ip")
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(3000, dims)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(3000, dtype=np.int64)
+    stored = dict(zip(ids.tolist(), vectors))
+
+    def fetch(wanted):
+        present = [i for i in wanted if i in stored]
+        return np.array(present, np.int64), np.array([stored[i] for i in present], np.float32).reshape(-1, dims)
+
+    index = FeatureIndex(spec, template=train_template(spec, vectors, None, compressed=True), fetch=fetch)
+    index.add(ids, vectors)
+    found = index.search(vectors[7], 3)
+    assert found[0].image_id == 7 and found[0].distance == pytest.approx(0, abs=1e-5)  # exact, not PQ's estimate
+    assert [n.distance for n in found[1:]] == pytest.approx(
+        [1 - float(vectors[7] @ stored[n.image_id]) for n in found[1:]]
+    )
+    del stored[7]  # deleted from the store before the index hears of it: dropped, not misread
+    assert 7 not in [n.image_id for n in index.search(vectors[7], 3)]

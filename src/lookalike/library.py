@@ -307,7 +307,7 @@ class Library:
             ids, vectors = self.store.read_features(engine)
             dims = min(spec.dim, WHITENED_DIMS, len(vectors) // 2) if whiten else None
             template = train_template(spec, vectors, dims, compressed) if whiten or compressed else None
-            index = FeatureIndex(spec, template=template)
+            index = FeatureIndex(spec, template=template, fetch=self._vector_fetch(engine))
             index.set_nprobe(self.nprobe)
             index.add(ids, vectors)
             return index
@@ -350,6 +350,9 @@ class Library:
         trained = PointIndex.train_from(spec, verify, fetch, self.store.feature_ids(engine), points)
         trained.set_nprobe(self.nprobe)
         return trained
+
+    def _vector_fetch(self, engine: str):
+        return lambda ids: self.store.read_features(engine, ids)
 
     def _point_callbacks(self, engine: str):
         return self.engines[engine].verify, lambda ids: self.store.read_features(engine, ids)
@@ -400,7 +403,7 @@ class Library:
         if spec.kind == "points":
             loaded = PointIndex.load(path, spec, *self._point_callbacks(name))
         else:
-            loaded = FeatureIndex.load(path, spec, self.templates[name])
+            loaded = FeatureIndex.load(path, spec, self.templates[name], self._vector_fetch(name))
         if loaded is not None:
             index, marker = loaded
             touched = self.store.journal_since(name, marker.seq) if marker.store_uuid == self.store.uuid else None
@@ -414,7 +417,7 @@ class Library:
                 return index
         started = time.perf_counter()
         if spec.kind != "points":
-            index = FeatureIndex(spec, template=self.templates[name])
+            index = FeatureIndex(spec, template=self.templates[name], fetch=self._vector_fetch(name))
             index.set_nprobe(self.nprobe)
             index.add(*self.store.read_features(name))
         elif (estimate := self.store.count(name) * TOTAL_KEYPOINTS) >= TRAIN_AT_POINTS:
