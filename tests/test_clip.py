@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from photos import encode
 from PIL import Image
-from test_models import Server, closed_port
+from test_models import Server, closed_port, files_in
 
 from lookalike.engines import FeatureSpec
 from lookalike.errors import ModelUnavailable
@@ -148,11 +148,6 @@ def server(tiny):
     server = Server(tiny.root)
     yield server
     server.close()
-
-
-def files_in(models_dir: Path) -> list[str]:
-    """Every file under models_dir but the lock, which stays on purpose."""
-    return sorted(str(p.relative_to(models_dir)) for p in models_dir.rglob("*") if p.is_file() and p.name != ".lock")
 
 
 def reference_preprocess(image: Image.Image, resized: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:

@@ -213,3 +213,8 @@ def test_importing_hardnet_does_not_import_torch():
     src = str(Path(__file__).parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def files_in(models_dir: Path) -> list[str]:
+    """Every file under models_dir but the lock, which stays on purpose."""
+    return sorted(str(p.relative_to(models_dir)) for p in models_dir.rglob("*") if p.is_file() and p.name != ".lock")
