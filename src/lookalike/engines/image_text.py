@@ -18,7 +18,7 @@ from ..models.classifier import CLASSIFIERS, image_classifier, imagenet_class_te
 from ..models.clip import CLIP_MODELS, load_clip
 from ..models.runtime import exported
 from ..models.text import DIM as TEXT_DIM
-from ..models.text import text_encoder
+from ..models.text import TextEncoder, text_encoder
 from .base import Engine, FeatureSpec, TextSearchable
 from .global_features import DEFAULT_MODELS_DIR
 
@@ -67,10 +67,17 @@ class ClassNameSpace:
     """The offline image-text space: ImageNet class probabilities over sentence embeddings of the class names."""
 
     def __init__(self, models_dir: Path):
+        self.models_dir = models_dir
         self._classifier = image_classifier(CLASSIFIER, models_dir)
-        self._text = text_encoder(models_dir)
-        path = exported(models_dir / f"imagenet-classes-{self._text.name}.npy", self._embed_class_names)
-        self._class_vectors = np.load(path)
+        path = models_dir / f"imagenet-classes-{TextEncoder.name}.npy"
+        if not path.exists():
+            self._text  # exported first, outside the class vectors' export: both take the models lock
+        self._class_vectors = np.load(exported(path, self._embed_class_names))
+
+    @cached_property
+    def _text(self) -> TextEncoder:
+        # Loaded only for text: bulk-indexing workers embed images alone, and the model costs ~170 MiB.
+        return text_encoder(self.models_dir)
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         mixed = self._classifier.classify(images).probabilities @ self._class_vectors
