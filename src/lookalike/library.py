@@ -24,6 +24,7 @@ from .engines.local import TOTAL_KEYPOINTS
 from .engines.tags import Tags
 from .errors import InvalidRequest, LookalikeError, NotFound
 from .index import FeatureIndex, Marker, Neighbour, Template, load_template, save_template, train_template
+from .models.runtime import unit_rows
 from .point_index import DEFAULT_NPROBE, TRAIN_AT_POINTS, PointIndex
 from .store import MAX_IMAGE_ID, FeatureStore, ImageRecord
 
@@ -245,7 +246,7 @@ class Library:
         similarity = {n.image_id: 1.0 - n.distance for n in found}
         weights = np.clip(np.array([similarity[i] for i in ids.tolist()], np.float32), 0.0, None) ** expansion.alpha
         expanded = query + weights @ vectors
-        return (expanded / max(float(np.linalg.norm(expanded)), 1e-12)).astype(np.float32)
+        return unit_rows(expanded[None])[0]
 
     def _tagger(self) -> Tags:
         if "tags" not in self.engines:

@@ -16,7 +16,7 @@ from PIL import Image
 from ..errors import InvalidRequest
 from ..models.classifier import CLASSIFIERS, image_classifier, imagenet_class_texts
 from ..models.clip import CLIP_MODELS, load_clip
-from ..models.runtime import exported
+from ..models.runtime import exported, unit_rows
 from ..models.text import DIM as TEXT_DIM
 from ..models.text import TextEncoder, text_encoder
 from .base import Engine, FeatureSpec, TextSearchable
@@ -81,7 +81,7 @@ class ClassNameSpace:
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         mixed = self._classifier.classify(images).probabilities @ self._class_vectors
-        return _normalised(mixed)
+        return unit_rows(mixed)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         return self._text.embed(texts)
@@ -93,7 +93,3 @@ class ClassNameSpace:
         vectors = self._text.embed([f"a photo of a {name}" for name in names]) + self._text.embed(descriptions)
         with open(path, "wb") as file:
             np.save(file, vectors.astype(np.float32))
-
-
-def _normalised(vectors: np.ndarray) -> np.ndarray:
-    return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)

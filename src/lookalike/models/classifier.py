@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .runtime import exported, open_session
+from .runtime import exported, open_session, softmax, unit_rows
 
 # The TensorFlow Lite models were trained on (pixel - 127) / 128; the padding value maps to 0.
 _MEAN, _STD = 127.0, 128.0
@@ -67,11 +67,7 @@ class ImageClassifier:
                 return self._last[1]
         batch = np.stack([self.preprocess(image) for image in images])
         features, logits = self._session.run(None, {"image": batch})
-        logits = logits - logits.max(axis=1, keepdims=True)
-        probabilities = np.exp(logits)
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
-        features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-        found = Classified(features.astype(np.float32), probabilities.astype(np.float32))
+        found = Classified(unit_rows(features), softmax(logits))
         with self._lock:
             self._last = ([weakref.ref(image) for image in images], found)
         return found

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..errors import ModelUnavailable
 from .download import RemoteWeights, fetch_weights
-from .runtime import open_session
+from .runtime import open_session, unit_rows
 
 # OpenAI CLIP's normalisation (visual/preprocess_cfg.json of every *__openai model).
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -140,7 +140,7 @@ class ClipModel:
         ]
         out = np.concatenate(outputs).astype(np.float32, copy=False) if outputs else np.zeros((0, self.dim), np.float32)
         # The exports normalise already; doing it again is cheap and keeps cosine = dot for any export.
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return unit_rows(out)
 
 
 _INT_TYPES = {"tensor(int32)": np.int32, "tensor(int64)": np.int64}

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..errors import ModelUnavailable
 from .download import RemoteWeights, fetch_weights
-from .runtime import exported, open_session
+from .runtime import exported, open_session, softmax
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the demo's Normalize: the network was trained on these
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -108,10 +108,7 @@ class SceneClassifier:
 
     def _probabilities(self, images: list[Image.Image]) -> np.ndarray:
         (logits,) = self._session.run(None, {"image": np.stack([self.preprocess(image) for image in images])})
-        logits = logits - logits.max(axis=1, keepdims=True)
-        probabilities = np.exp(logits)
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
-        return probabilities.astype(np.float32, copy=False)
+        return softmax(logits)
 
 
 def load_places(weights: PlacesWeights, models_dir: Path, progress: bool = True) -> SceneClassifier:

@@ -9,6 +9,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ModelUnavailable
 from .download import locked
 
@@ -36,6 +38,17 @@ def open_session(path: Path):
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types, not importable portably
         raise ModelUnavailable(f"could not load the ONNX model {path}: {exc}") from exc
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Rows of logits to float32 probabilities (shifted by each row's maximum, so exp cannot overflow)."""
+    exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (exponentials / exponentials.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 length, as float32: their inner products are cosines."""
+    return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def exported(path: Path, export: Callable[[Path], None]) -> Path:

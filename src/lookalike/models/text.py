@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runtime import exported, open_session
+from .runtime import exported, open_session, unit_rows
 
 MAX_TOKENS = 256  # the model's max_seq_length
 DIM = 384
@@ -48,7 +48,7 @@ class TextEncoder:
         (tokens,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
         summed = (tokens * mask[..., None]).sum(axis=1)
         mean = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1)
-        return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        return unit_rows(mean)
 
 
 @cache
