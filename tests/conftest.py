@@ -10,11 +10,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 # One models directory for the whole run (subprocesses included): each model is exported once.
 MODELS_DIR = Path(os.environ.setdefault("LOOKALIKE_MODELS_DIR", tempfile.mkdtemp(prefix="lookalike-models-")))
 
+# The local engine's gallery, shared by test_local_engine.py and test_point_index.py: fixtures defined
+# here are built once per session, not once per module that imports them (the build takes a minute).
+from local_gallery import crop_queries, local_gallery, local_gallery_dir  # noqa: E402, F401
 from photos import photos as load_photos  # noqa: E402
 
-from lookalike.api import create_app  # noqa: E402
 from lookalike.config import Settings  # noqa: E402
 from lookalike.library import Library  # noqa: E402
+from lookalike.service import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +32,7 @@ def library(tmp_path):
 
 
 # The distance engines: every stored image comes back at some distance. The local engine returns only
-# verified matches; tests/test_local.py covers it, in the service too.
+# verified matches; tests/test_local_engine.py covers it, tests/test_local_service.py in the service.
 DISTANCE_ENGINES = ["phash", "color"]
 
 

@@ -13,12 +13,13 @@ from functools import cache
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers import error, ok
 from photos import encode
 from photos import photos as load_photos
 from PIL import Image, ImageOps
 
-from lookalike.api import create_app
 from lookalike.config import Settings
+from lookalike.service import create_app
 
 ENGINES = ["phash", "color"]
 GALLERY = [
@@ -143,20 +144,6 @@ def expect_counts(client, images: int, **features: int) -> None:
         n = features.get(name, images)
         want[name] = {"features": n, "indexed": n}
     assert counts(client) == want
-
-
-def ok(response, status: int = 200):
-    assert response.status_code == status, response.text
-    return response.json()
-
-
-def error(response, status: int) -> object:
-    """Assert a JSON error of `status` with a non-empty detail; return the detail."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"detail"}, body
-    assert body["detail"], body
-    return body["detail"]
 
 
 def check_matches(matches: list) -> None:

@@ -12,23 +12,17 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from helpers import lookalike
 from photos import encode
 from PIL import ImageOps
 
 from lookalike.config import Settings
 from lookalike.engines import create_engine
+from lookalike.indexes.points import PointIndex
 from lookalike.library import Library
-from lookalike.point_index import PointIndex
 from lookalike.store import FeatureStore
 
 ENGINES = Settings.model_fields["engines"].default
-
-
-def lookalike(data_dir: Path, *args: str, env: dict | None = None, **options) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LOOKALIKE_DATA_DIR": str(data_dir), **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "lookalike", *args], env=env, capture_output=True, text=True, **options
-    )
 
 
 def start_indexing(data_dir: Path, folder: Path) -> subprocess.Popen:

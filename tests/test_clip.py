@@ -14,8 +14,8 @@ from photos import encode
 from PIL import Image
 from test_models import Server, closed_port, files_in
 
-from lookalike.engines import FeatureSpec
 from lookalike.errors import ModelUnavailable
+from lookalike.features import FeatureSpec
 from lookalike.library import Library
 from lookalike.models.clip import CLIP_MODELS, OPENAI_MEAN, OPENAI_STD, ClipWeights, load_clip
 from lookalike.models.download import RemoteWeights
@@ -273,4 +273,4 @@ def test_the_image_text_engine_serves_a_downloaded_clip(tiny, server, tmp_path, 
         assert library.similar_to_image("image_text", encode(photos["coffee"]), k=1)[0].file_name == "coffee"
         found = library.similar_to_text("image_text", "a photo of a cat", k=3)
     # A random tiny model ranks nothing meaningfully: the text query is searched in the image index.
-    assert len(found) == 3 and all(-1e-6 <= m.distance <= 2 + 1e-6 for m in found)
+    assert len(found) == 3 and all(-1e-6 <= m.score <= 2 + 1e-6 for m in found)

@@ -4,11 +4,11 @@ import io
 
 import numpy as np
 import pytest
+from photos import encode
 from PIL import Image
 
 from lookalike.decode import decode
 from lookalike.errors import BadImage, ImageTooLarge
-from photos import encode
 
 
 def saved(image: Image.Image, fmt: str, **options) -> bytes:

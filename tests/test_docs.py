@@ -26,3 +26,55 @@ def test_every_engine_is_in_the_readme_and_the_architecture():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / "README.md").read_text().split("\n\n")[2]
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+# Which parts of lookalike each part may import (docs/ARCHITECTURE.md): nothing imports upwards.
+ALLOWED_IMPORTS = {
+    "features": set(),
+    "errors": set(),
+    "locks": set(),
+    "decode": {"errors"},
+    "models": {"errors"},
+    "engines": {"features", "models", "decode", "errors"},
+    "store": {"features", "errors", "locks"},
+    "indexes": {"features", "errors", "locks"},
+    "indexes.manager": {"indexes", "store"},
+    "library": {"features", "decode", "engines", "errors", "indexes", "indexes.manager", "store"},
+    "duplicates": {"indexes", "library"},
+    "config": {"engines"},
+    "service": {"config", "engines", "errors", "indexes", "library", "store"},
+    "cli": {"config", "duplicates", "errors", "indexer", "indexes", "library", "service"},
+    "indexer": {"library", "store", "worker"},
+    "worker": {"decode", "engines", "errors", "models"},
+    "__main__": {"cli"},
+}
+
+
+def part_of(module: str) -> str:
+    """The part a dotted module name (below lookalike) belongs to: indexes.manager stands apart."""
+    return "indexes.manager" if module.startswith("indexes.manager") else module.split(".")[0]
+
+
+def test_imports_go_one_way():
+    import ast
+
+    source = ROOT / "src" / "lookalike"
+    for path in sorted(source.rglob("*.py")):
+        module = ".".join(path.relative_to(source).with_suffix("").parts).removesuffix(".__init__")
+        if module == "__init__":
+            continue
+        package = module.split(".")[:-1] if path.name != "__init__.py" else module.split(".")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package[: len(package) - (node.level - 1)]
+                names = [node.module] if node.module else [alias.name for alias in node.names]
+                targets = [".".join([*base, name]) for name in names]
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                targets = [n.removeprefix("lookalike.") for n in names if n and n.startswith("lookalike.")]
+            else:
+                continue
+            for target in targets:
+                mine, theirs = part_of(module), part_of(target)
+                if theirs != mine:
+                    assert theirs in ALLOWED_IMPORTS[mine], f"{module} imports {target}: {mine} may not import {theirs}"

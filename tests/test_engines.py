@@ -1,17 +1,65 @@
-"""One contract over every engine, plus each engine's own reference checks, on real photos."""
+"""One contract over every engine, plus each engine's own reference checks, on real photos.
+
+Every engine also has a golden value: what it extracts from one fixed photo (scikit-image's astronaut,
+as PNG), recorded when its features were last meant to change. A change of decoding, preprocessing or
+model export that moves a feature fails here before it silently splits a library into two kinds of
+feature. To change a feature on purpose, print the new values with `python tests/test_engines.py`
+and say in the commit that stored libraries must be re-indexed.
+"""
+
+import io
+import sys
 
 import numpy as np
 import pytest
 import scipy.fft
+import skimage.data
 from conftest import MODELS_DIR
+from helpers import MemorySource
 from photos import encode
 from PIL import Image, ImageEnhance, ImageOps
 
 from lookalike.decode import decode
-from lookalike.engines import ENGINES, Keypoints, create_engine, decode_for
+from lookalike.engines import ENGINES, TextSearchable, create_engine, decode_for
 from lookalike.engines.color import SIDE
+from lookalike.errors import InvalidRequest
+from lookalike.features import Keypoints
+from lookalike.indexes import IndexSetup, index_kind
 
 MAX_PIXELS = 200_000_000
+# The astronaut's feature in each engine, as `golden` summarises it (see the module docstring).
+GOLDEN = {
+    "phash": "c2d69d9276a44c9fc1550ecb322873bd9014ddb1bac09b6dcc15a0b60add6b255eb5e28e9cf3174a51a2b50a9d67ac14fa5a6ed"
+    "438b57ecd486cd6bf9ce794521b4a011eb094ad78",
+    "color": {"top": [0, 438, 365, 474], "values": [0.17766, 0.08703, 0.07937, 0.05212], "sum": 1.0},
+    "local": {"keypoints": 200, "first_xy": [358.352, 442.445, 310.912, 443.784], "descriptor_sum": 861663},
+    "global": {"top": [309, 1226, 15, 41], "values": [0.16282, 0.16229, 0.15259, 0.14382], "sum": 20.91866},
+    "image_text": {"top": [141, 1, 99, 102], "values": [0.16529, 0.14189, 0.1258, 0.12297], "sum": -0.2368},
+    "tags": {"top": [794, 450, 560, 860], "values": [0.31288, 0.29422, 0.24264, 0.19074], "sum": 23.62929},
+}
+# A text query per text-searchable engine, and the photo it names.
+TEXT_QUERIES = {"image_text": ("a cup of coffee", "coffee"), "tags": ("espresso", "coffee")}
+
+
+def golden_photo() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def golden(engine) -> object:
+    """A summary of the golden photo's feature, to compare with a tolerance that survives CPU dispatch."""
+    feature = engine.extract(decode_for([engine], golden_photo(), MAX_PIXELS))
+    if isinstance(feature, Keypoints):
+        return {
+            "keypoints": len(feature),
+            "first_xy": feature.xy[:2].ravel().round(3).tolist(),
+            "descriptor_sum": int(feature.descriptors.astype(np.int64).sum()),
+        }
+    if engine.spec.kind == "binary":
+        return bytes(feature).hex()
+    top = np.argsort(-feature)[:4]
+    return {"top": top.tolist(), "values": feature[top].round(5).tolist(), "sum": round(float(feature.sum()), 5)}
 
 
 def features(engine, image: Image.Image) -> np.ndarray:
@@ -70,9 +118,56 @@ class TestEveryEngine:
         image = decode_for([engine], encode(photos["chelsea"]), MAX_PIXELS)
         assert equal(engine.query_variants(image)[0], engine.extract(image))
 
+    def test_golden_value(self, engine):
+        found, expected = golden(engine), GOLDEN[engine.name]
+        if isinstance(expected, str):
+            assert found == expected
+        elif "keypoints" in expected:
+            assert found["keypoints"] == expected["keypoints"]
+            assert found["first_xy"] == pytest.approx(expected["first_xy"], abs=0.05)
+            assert found["descriptor_sum"] == pytest.approx(expected["descriptor_sum"], rel=1e-3)
+        else:
+            assert found["top"] == expected["top"]
+            assert found["values"] == pytest.approx(expected["values"], abs=1e-4)
+            assert found["sum"] == pytest.approx(expected["sum"], abs=1e-3)
+
+    def test_a_batch_gives_what_one_at_a_time_gives(self, engine, photos):
+        images = [decode_for([engine], encode(photos[name]), MAX_PIXELS) for name in ["rocket", "pexels-2560067"]]
+        batch = engine.extract_many(images)
+        assert len(batch) == 2
+        for together, alone in zip(batch, [engine.extract(image) for image in images]):
+            if isinstance(alone, Keypoints):
+                assert equal(together, alone)
+            else:
+                assert np.allclose(together, alone, atol=1e-5)
+
+    def test_every_engine_has_a_golden_value_and_a_text_query_if_it_reads_text(self):
+        assert set(GOLDEN) == set(ENGINES)
+        assert set(TEXT_QUERIES) == {name for name, engine in ENGINES.items() if issubclass(engine, TextSearchable)}
+
     def test_unknown_engine_is_refused_by_name(self):
         with pytest.raises(ValueError, match="unknown engine 'nope'.*phash"):
             create_engine("nope")
+
+
+@pytest.fixture(params=sorted(TEXT_QUERIES))
+def text_engine(request):
+    return create_engine(request.param, {"models_dir": MODELS_DIR})
+
+
+class TestEveryTextSearchableEngine:
+    def test_a_text_finds_the_photo_it_names_among_others(self, text_engine, photos, tmp_path):
+        names = ["astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "pexels-2560067"]
+        stored = {i: features(text_engine, photos[name]) for i, name in enumerate(names)}
+        index = index_kind(text_engine.spec).build(IndexSetup(MemorySource(text_engine.spec, stored), tmp_path / "x"))
+        text, photo = TEXT_QUERIES[text_engine.name]
+        query = text_engine.embed_text(text)
+        assert equal(text_engine.spec.decode(text_engine.spec.encode(query)), query), "a query is a feature"
+        assert names[index.search([query], k=1)[0].image_id] == photo
+
+    def test_an_empty_text_is_refused(self, text_engine):
+        with pytest.raises(InvalidRequest):
+            text_engine.embed_text("   ")
 
 
 def reference_phash(data: bytes) -> np.ndarray:
@@ -110,14 +205,14 @@ class TestPHash:
                 best = library.similar_to_image("phash", transform(photo), k=1)[0]
                 assert best.image_id == image_id, (names[image_id], transform_name)
                 if within_threshold:
-                    assert best.distance <= 64, (names[image_id], transform_name, best.distance)
+                    assert best.score <= 64, (names[image_id], transform_name, best.score)
 
     def test_unrelated_photos_stay_beyond_the_threshold(self, library, photos):
         for image_id, photo in enumerate(photos.values()):
             library.add(image_id, encode(photo))
         for image_id in range(len(photos)):
             nearest_other = library.similar_to_id("phash", image_id, k=1)[0]
-            assert nearest_other.distance > 64
+            assert nearest_other.score > 64
 
     def test_mirror_variant_is_the_mirrored_hash(self, photos):
         engine = create_engine("phash")
@@ -154,3 +249,9 @@ def _crop_area(image: Image.Image, fraction: float) -> Image.Image:
     margin = (1 - np.sqrt(1 - fraction)) / 2
     dx, dy = round(image.width * margin), round(image.height * margin)
     return image.crop((dx, dy, image.width - dx, image.height - dy))
+
+
+if __name__ == "__main__":  # print every engine's golden value, to record a deliberate change
+    for name in ENGINES:
+        found = create_engine(name, None if name in ("phash", "color") else {"models_dir": MODELS_DIR})
+        print(f"{name!r}: {golden(found)!r},", file=sys.stdout)

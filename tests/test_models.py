@@ -170,7 +170,8 @@ def test_hardnet8_describes_with_the_served_weights(served, server, models_dir):
     from kornia.feature import extract_patches_from_pyramid, laf_from_center_scale_ori
     from skimage.data import astronaut
 
-    from lookalike.engines.hardnet import MEASUREMENT_REGION, HardNet8Describer, quantize_unit
+    from lookalike.engines.describers.base import quantize_unit
+    from lookalike.engines.describers.hardnet import MEASUREMENT_REGION, HardNet8Describer
 
     served_model = random_hardnet8(seed=0)
     torch.save(served_model.state_dict(), served / "hardnet8.pt")  # kornia's format: a plain state dict
@@ -209,7 +210,10 @@ def test_importing_hardnet_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, lookalike.engines.hardnet; assert 'torch' not in sys.modules and 'kornia' not in sys.modules"
+    code = (
+        "import sys, lookalike.engines.describers.hardnet; "
+        "assert 'torch' not in sys.modules and 'kornia' not in sys.modules"
+    )
     src = str(Path(__file__).parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)

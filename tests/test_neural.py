@@ -8,8 +8,8 @@ from conftest import MODELS_DIR
 from photos import encode
 from PIL import Image, ImageOps
 
-from lookalike import library as library_module
 from lookalike.engines import create_engine
+from lookalike.indexes import vectors
 from lookalike.library import Library, QueryExpansion
 from lookalike.models.classifier import CLASSIFIERS, image_classifier
 from lookalike.models.text import text_encoder
@@ -60,8 +60,8 @@ def test_transformed_copies_find_their_original_in_the_top_3(neural, photos, nam
 
 def test_an_image_is_nearest_to_itself_and_distances_are_cosine(neural, photos, names):
     found = neural.similar_to_image("global", encode(photos["coffee"]), k=len(names))
-    assert found[0].image_id == names.index("coffee") and found[0].distance < 0.01
-    distances = [m.distance for m in found]
+    assert found[0].image_id == names.index("coffee") and found[0].score < 0.01
+    distances = [m.score for m in found]
     assert distances == sorted(distances) and 0 <= distances[0] and distances[-1] <= 2
     by_id = neural.similar_to_id("global", names.index("coffee"), k=5)
     assert names.index("coffee") not in [m.image_id for m in by_id] and len(by_id) == 5
@@ -102,8 +102,8 @@ def test_query_expansion_searches_again_with_the_neighbours(neural, photos, name
     expanded = neural.similar_to_id("global", coffee, k=5, expansion=QueryExpansion(3, 3.0))
     assert coffee not in [m.image_id for m in expanded] and len(expanded) == 5
     # The query moved toward its neighbours: they are now nearer than before.
-    before = {m.image_id: m.distance for m in plain}
-    assert all(m.distance < before[m.image_id] for m in expanded[:3] if m.image_id in before)
+    before = {m.image_id: m.score for m in plain}
+    assert all(m.score < before[m.image_id] for m in expanded[:3] if m.image_id in before)
     upload = neural.similar_to_image("global", encode(photos["coffee"]), k=3, expansion=QueryExpansion(2))
     assert upload[0].image_id == coffee
 
@@ -143,8 +143,8 @@ def test_the_classifier_keeps_the_aspect_ratio(photos):
 
 @pytest.fixture
 def small_minimums(monkeypatch):
-    monkeypatch.setattr(library_module, "MIN_WHITENING_IMAGES", 40)
-    monkeypatch.setattr(library_module, "MIN_COMPRESSED_IMAGES", 300)
+    monkeypatch.setattr(vectors, "MIN_WHITENING_IMAGES", 40)
+    monkeypatch.setattr(vectors, "MIN_COMPRESSED_IMAGES", 300)
 
 
 def _global_library(path, photos, names, extra_crops: int = 0) -> Library:
@@ -166,13 +166,13 @@ def test_whitening_is_applied_exactly_once_even_after_a_rebuild(tmp_path, photos
     index_file = data_dir / "indexes" / "global.faiss"
     with _global_library(data_dir, photos, names) as library:
         plain = library.similar_to_image("global", query, k=5)
-        template = library.train_vectors("global", whiten=True, compressed=False)
-        assert template.whitened_dims == len(names) // 2
+        trained = library.train("global", whiten=True, compressed=False)
+        assert trained["whitened_dims"] == len(names) // 2
         whitened = library.similar_to_image("global", query, k=5)
-        assert library.stats()["engines"]["global"]["whitened_dims"] == template.whitened_dims
+        assert library.stats()["engines"]["global"]["whitened_dims"] == trained["whitened_dims"]
     # Whitened once on both sides, the stored copy of the query is still at distance ~0.
-    assert whitened[0].file_name == str(names.index("rocket")) and whitened[0].distance < 0.01
-    assert [m.distance for m in whitened] != pytest.approx([m.distance for m in plain])
+    assert whitened[0].file_name == str(names.index("rocket")) and whitened[0].score < 0.01
+    assert [m.score for m in whitened] != pytest.approx([m.score for m in plain])
 
     def reopened() -> list:
         with Library(data_dir, ["global"], engine_options=OPTIONS) as library:
@@ -187,29 +187,29 @@ def test_whitening_is_applied_exactly_once_even_after_a_rebuild(tmp_path, photos
     with Library(data_dir, ["global"], engine_options=OPTIONS) as library:
         for n, name in enumerate(["coffee", "chelsea", "astronaut"]):
             library.add(1000 + n, encode(photos[name].rotate(90, expand=True)), f"turned {name}")
-        library.train_vectors("global", whiten=True, compressed=False)
+        library.train("global", whiten=True, compressed=False)
         retrained = library.similar_to_image("global", query, k=5)
     index_file.write_bytes(old_index)
     assert reopened() == retrained != whitened
 
     with Library(data_dir, ["global"], engine_options=OPTIONS) as library:
-        library.train_vectors("global", whiten=False, compressed=False)  # back to exact, unwhitened search
+        library.train("global", whiten=False, compressed=False)  # back to exact, unwhitened search
     assert not (data_dir / "indexes" / "global.template.faiss").exists()
     assert [m.image_id for m in reopened()][:3] == [m.image_id for m in plain][:3]
 
 
 def test_whitening_is_refused_on_a_small_library_and_on_text_engines(tmp_path, neural):
     with pytest.raises(Exception, match="whitening needs 1000"):
-        neural.train_vectors("global", whiten=True, compressed=False)
+        neural.train("global", whiten=True, compressed=False)
     with pytest.raises(Exception, match="away from its text queries"):
-        neural.train_vectors("image_text", whiten=True, compressed=False)
+        neural.train("image_text", whiten=True, compressed=False)
     with pytest.raises(Exception, match="compressed index needs"):
-        neural.train_vectors("global", whiten=False, compressed=True)
+        neural.train("global", whiten=False, compressed=True)
 
 
 def test_a_compressed_index_still_finds_the_originals(tmp_path, photos, names, small_minimums):
     with _global_library(tmp_path / "data", photos, names, extra_crops=300) as library:
-        library.train_vectors("global", whiten=False, compressed=True)
+        library.train("global", whiten=False, compressed=True)
         stats = library.stats()["engines"]["global"]
         assert stats["compressed"] and stats["indexed"] == len(names) + 300
         hits = [
@@ -250,8 +250,8 @@ if __name__ == "__main__":
 def service(tmp_path_factory, photos):
     from fastapi.testclient import TestClient
 
-    from lookalike.api import create_app
     from lookalike.config import Settings
+    from lookalike.service import create_app
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("service"), engines=["phash", *NEURAL], models_dir=MODELS_DIR)
     with TestClient(create_app(settings)) as client:

@@ -16,7 +16,8 @@ from photos import encode
 from PIL import Image
 from test_models import Server, closed_port, files_in
 
-from lookalike.engines.tags import SCENE_MODELS, Tags
+from lookalike.engines import create_engine
+from lookalike.engines.tags import SCENE_MODELS
 from lookalike.errors import ModelUnavailable
 from lookalike.library import Library
 from lookalike.models.download import RemoteWeights
@@ -294,4 +295,4 @@ def test_the_tags_engine_adds_scene_tags_from_a_downloaded_places_model(tiny, se
         best_scene = tagger.names[len(tagger.object_names) + int(np.argmax(scenes))]
         assert library.similar_to_text("tags", best_scene, k=1)[0].image_id in (0, 1, 2)
     with pytest.raises(ValueError, match="unknown scene model"):
-        Tags(scenes="sun397")
+        create_engine("tags", {"scenes": "sun397"})

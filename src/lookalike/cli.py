@@ -3,7 +3,6 @@
 import json
 import logging
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -15,8 +14,10 @@ from rich.text import Text
 
 from . import indexer
 from .config import Settings
+from .duplicates import duplicate_groups
 from .errors import LookalikeError
-from .library import Library, Match
+from .indexes import Hit
+from .library import Library
 
 app = typer.Typer(help="Find duplicates, similar photos and more in a photo library.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -95,19 +96,22 @@ def train(
         bool, typer.Option(help="Embeddings (global): learn PCA whitening from the library (1,000+ images).")
     ] = False,
     compressed: Annotated[
-        bool, typer.Option(help="Embeddings: a compressed IVF-PQ index instead of exact search (10,000+ images).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--compressed/--exact",
+            help="A compressed index (embeddings: IVF-PQ, 10,000+ images) or exact search "
+            "[default: compressed for local features, exact for embeddings].",
+            show_default=False,
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """(Re)train an index now. Local features: its compressed index (`index` does this by itself as the
     library grows). Embeddings (global, image_text, tags): whitening and/or compression as asked; with
     neither, back to exact unwhitened search."""
     with _open(_settings(data_dir)) as library, console.status(f"training the {engine} index"):
-        if library.engine(engine).spec.kind == "points":
-            library.train(engine, force=True)
-        else:
-            library.train_vectors(engine, whiten, compressed)
-    console.print(f"trained the {engine} index")
+        trained = library.train(engine, whiten, compressed)
+    console.print(f"trained the {engine} index: {json.dumps(trained)}")
 
 
 @app.command()
@@ -135,10 +139,10 @@ def search(
             found = {engine: library.similar_to_image(engine, image.read_bytes(), k=k, mirrored=mirrored)}
             query = str(image)
     if as_json:
-        print(json.dumps({name: [asdict(m) for m in matches] for name, matches in found.items()}, indent=2))
+        print(json.dumps({name: [hit.as_dict() for hit in hits] for name, hits in found.items()}, indent=2))
         return
     for name, matches in found.items():
-        _print_matches(f"{name}: nearest to {query}", matches)
+        _print_hits(f"{name}: nearest to {query}", matches)
 
 
 @app.command()
@@ -161,12 +165,12 @@ def dupes(
 ) -> None:
     """List every group of near-duplicate images in the library (by perceptual hash)."""
     with _open(_settings(data_dir)) as library:
-        groups = library.duplicate_groups("phash", threshold)
+        groups = duplicate_groups(library, "phash", threshold)
     if as_json:
-        print(json.dumps([[asdict(m) for m in group] for group in groups], indent=2))
+        print(json.dumps([[hit.as_dict() for hit in group] for group in groups], indent=2))
         return
     for number, group in enumerate(groups, 1):
-        _print_matches(f"group {number}: {len(group)} images", group)
+        _print_hits(f"group {number}: {len(group)} images", group)
     console.print(f"{len(groups)} groups of near-duplicates")
 
 
@@ -186,7 +190,7 @@ def serve(
     """Run the HTTP service (OpenAPI docs at /docs)."""
     import uvicorn
 
-    from .api import create_app
+    from .service import create_app
 
     settings = _settings(data_dir, host=host, port=port)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
@@ -194,14 +198,13 @@ def serve(
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
 
 
-def _print_matches(title: str, matches: list[Match]) -> None:
+def _print_hits(title: str, hits: list[Hit]) -> None:
     table = Table(title=title, title_justify="left")
     table.add_column("image_id", justify="right")
-    by_matches = bool(matches) and matches[0].matches is not None
-    table.add_column("matches" if by_matches else "distance", justify="right")
+    table.add_column(hits[0].measure.value if hits else "score", justify="right")
     table.add_column("file_name")
-    for match in matches:
-        table.add_row(str(match.image_id), f"{match.matches if by_matches else match.distance:g}", match.file_name)
+    for hit in hits:
+        table.add_row(str(hit.image_id), f"{hit.score:g}", hit.file_name)
     Console().print(table)
 
 

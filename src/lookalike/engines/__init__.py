@@ -5,7 +5,7 @@ from collections.abc import Iterable
 from PIL import Image
 
 from ..decode import decode
-from .base import Engine, FeatureSpec, Keypoints, TextSearchable
+from .base import Engine, EngineOptions, TextSearchable
 from .color import ColorHistogram
 from .global_features import GlobalFeatures
 from .image_text import ImageText
@@ -23,11 +23,12 @@ ENGINES: dict[str, type[Engine]] = {
 }
 
 
-def create_engine(name: str, options: dict | None = None) -> Engine:
-    """The engine called `name`, built with its `options` (keyword arguments of its constructor)."""
+def create_engine(name: str, options: EngineOptions | dict | None = None) -> Engine:
+    """The engine called `name`, with its options (its `Options` model, or a dict of its fields)."""
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; registered engines: {', '.join(ENGINES)}")
-    return ENGINES[name](**(options or {}))
+    engine = ENGINES[name]
+    return engine(engine.Options.model_validate(options or {}))
 
 
 def decode_for(engines: Iterable[Engine], data: bytes, max_pixels: int) -> Image.Image:
@@ -36,4 +37,4 @@ def decode_for(engines: Iterable[Engine], data: bytes, max_pixels: int) -> Image
     return decode(data, min_side=None if None in sides else max(sides), max_pixels=max_pixels)
 
 
-__all__ = ["ENGINES", "Engine", "FeatureSpec", "Keypoints", "TextSearchable", "create_engine", "decode_for"]
+__all__ = ["ENGINES", "Engine", "EngineOptions", "TextSearchable", "create_engine", "decode_for"]

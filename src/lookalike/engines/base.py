@@ -1,95 +1,53 @@
 """The small interface every engine implements: declare a feature, extract it, maybe add query variants."""
 
-import struct
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import ClassVar, Self
 
-import numpy as np
 from PIL import Image
+from pydantic import BaseModel, ConfigDict
+
+from ..features import FeatureSpec
+from ..models import DEFAULT_MODELS_DIR
 
 
-@dataclass(frozen=True)
-class FeatureSpec:
-    """What one image's feature is: `dim` bits (binary), `dim` float32 values (float), or a variable
-    number of `dim`-byte descriptors with their positions (points); compared by `metric` (for "ip",
-    the inner product, the distance is 1 - inner product: the cosine distance of unit vectors).
-    `model` names what made the feature, where the engine offers a choice."""
+class EngineOptions(BaseModel):
+    """An engine's options. A field's alias, where it has one, names the setting that sets it
+    (`descriptor` <- `local_descriptor`, i.e. LOOKALIKE_LOCAL_DESCRIPTOR), so the settings feed every
+    engine without naming one."""
 
-    kind: Literal["binary", "float", "points"]
-    dim: int
-    metric: Literal["hamming", "l1", "l2", "ip"]
-    model: str = ""
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True)
 
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.float32 if self.kind == "float" else np.uint8)
-
-    @property
-    def width(self) -> int:
-        """Array elements per feature: bytes for binary, floats otherwise."""
-        return self.dim // 8 if self.kind == "binary" else self.dim
-
-    def encode(self, feature) -> bytes:
-        """The feature's bytes as stored: raw array bytes, or a Keypoints' own layout."""
-        if self.kind == "points":
-            if feature.descriptors.shape[1:] != (self.dim,):
-                raise ValueError(f"descriptors have shape {feature.descriptors.shape}, expected (n, {self.dim})")
-            return feature.to_bytes()
-        feature = np.ascontiguousarray(feature, dtype=self.dtype)
-        if feature.shape != (self.width,):
-            raise ValueError(f"feature has shape {feature.shape}, expected ({self.width},)")
-        return feature.tobytes()
-
-    def decode(self, buffer):
-        """Stored bytes back to a feature (a copy: `buffer` may be a view into the store's map)."""
-        if self.kind == "points":
-            return Keypoints.from_bytes(buffer, self.dim)
-        return np.frombuffer(buffer, self.dtype).copy()
-
-
-_COUNT = struct.Struct("<I")
-
-
-@dataclass(frozen=True)
-class Keypoints:
-    """One image's local feature: keypoint positions (working frame) and their uint8 descriptors."""
-
-    xy: np.ndarray  # (n, 2) float32
-    descriptors: np.ndarray  # (n, dim) uint8
-
-    def __len__(self) -> int:
-        return len(self.xy)
-
-    def to_bytes(self) -> bytes:
-        xy = np.ascontiguousarray(self.xy, np.float32)
-        return _COUNT.pack(len(xy)) + xy.tobytes() + np.ascontiguousarray(self.descriptors, np.uint8).tobytes()
+    models_dir: Path = DEFAULT_MODELS_DIR
 
     @classmethod
-    def from_bytes(cls, buffer, dim: int) -> "Keypoints":
-        (n,) = _COUNT.unpack_from(buffer)
-        xy = np.frombuffer(buffer, np.float32, 2 * n, _COUNT.size).reshape(n, 2)
-        descriptors = np.frombuffer(buffer, np.uint8, n * dim, _COUNT.size + xy.nbytes).reshape(n, dim)
-        return cls(xy.copy(), descriptors.copy())
+    def from_settings(cls, settings: dict) -> Self:
+        """The options that `settings` (a dict of the settings given) set; the rest keep their defaults."""
+        names = [field.validation_alias or name for name, field in cls.model_fields.items()]
+        return cls.model_validate({name: settings[name] for name in names if name in settings})
 
 
 class Engine(ABC):
-    name: str
+    name: ClassVar[str]
     spec: FeatureSpec
+    Options: ClassVar[type[EngineOptions]] = EngineOptions
     # Smallest side of the decoded image this engine needs; None means full resolution.
     decode_side: int | None = None
     # Distance at or under which two images count as the same (used by `dupes` and the gateway).
     duplicate_threshold: float
-    # The original services' name in their search endpoints, e.g. /phash_get_similar_images_by_id.
-    service_name: str = ""
+    # Served unless the settings name the engines to serve.
+    enabled_by_default: ClassVar[bool] = True
+
+    def __init__(self, options: EngineOptions | None = None):
+        self.options = options or self.Options()
 
     def prepare(self) -> None:
         """Fetch or load what extraction needs (a model), so that it happens once and up front."""
 
     @abstractmethod
     def extract(self, image: Image.Image):
-        """One RGB image to one feature: a 1-D array of `spec.width` elements of `spec.dtype`
-        (a `Keypoints` for a points engine)."""
+        """One RGB image to one feature, as `spec` describes it: a 1-D array of `spec.width` elements
+        of `spec.dtype`, a `Keypoints` (points) or a `TextLines` (text)."""
 
     def extract_many(self, images: list[Image.Image]) -> list:
         """Features of several images; neural engines run them through their model as one batch."""
@@ -102,10 +60,15 @@ class Engine(ABC):
         """
         return [self.extract(image)]
 
+    def verify(self, query, stored) -> int:
+        """Points engines: how many matches between two features one geometry explains (0: none).
+        Their index calls it on the candidates its votes found."""
+        raise NotImplementedError(f"the {self.name} engine does not verify matches")
+
 
 class TextSearchable(ABC):
     """An engine that also answers a text query, with a feature in the same space as its images'."""
 
     @abstractmethod
-    def embed_text(self, text: str) -> np.ndarray:
+    def embed_text(self, text: str):
         """The text's query feature; raises InvalidRequest when the engine cannot read this text."""

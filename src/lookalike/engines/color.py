@@ -3,7 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from .base import Engine, FeatureSpec
+from ..features import FeatureSpec
+from .base import Engine
 
 BINS = 8
 # JPEG's reduced-size decode averages pixels into in-between colours: at a 256-px shorter side that

@@ -6,35 +6,36 @@ colour changes, because the network describes what is in the photo, not its pixe
 """
 
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
-from ..models.classifier import CLASSIFIERS, ImageClassifier, image_classifier
-from .base import Engine, FeatureSpec
+from ..features import FeatureSpec
+from ..models.classifier import CLASSIFIERS, ClassifierName, ImageClassifier, image_classifier
+from .base import Engine, EngineOptions
 
-DEFAULT_MODELS_DIR = Path.home() / ".cache/lookalike/models"
+
+class GlobalOptions(EngineOptions):
+    model: ClassifierName = Field("efficientnet-lite2", validation_alias="global_model")
 
 
 class GlobalFeatures(Engine):
     name = "global"
-    service_name = "global_features"
+    Options = GlobalOptions
     # Cosine distance: halving a photo moved it by up to 0.045, other photos were 0.67 or more away.
     duplicate_threshold = 0.1
 
-    def __init__(self, model: str = "efficientnet-lite2", models_dir: Path | None = None):
-        if model not in CLASSIFIERS:
-            raise ValueError(f"unknown global features model {model!r}; known: {', '.join(CLASSIFIERS)}")
-        self.model = model
-        self.models_dir = Path(models_dir or DEFAULT_MODELS_DIR)
-        self.spec = FeatureSpec("float", CLASSIFIERS[model].feature_dim, "ip", model=model)
-        self.decode_side = CLASSIFIERS[model].side
+    def __init__(self, options: GlobalOptions | None = None):
+        super().__init__(options)
+        classifier = CLASSIFIERS[self.options.model]
+        self.spec = FeatureSpec("float", classifier.feature_dim, "ip", model=self.options.model)
+        self.decode_side = classifier.side
 
     @cached_property
     def classifier(self) -> ImageClassifier:
         # Loaded on first use: opening a library to read its stats needs no network.
-        return image_classifier(self.model, self.models_dir)
+        return image_classifier(self.options.model, self.options.models_dir)
 
     def prepare(self) -> None:
         self.classifier

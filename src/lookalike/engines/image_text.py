@@ -12,40 +12,50 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydantic import Field, field_validator
 
 from ..errors import InvalidRequest
+from ..features import FeatureSpec
 from ..models.classifier import CLASSIFIERS, image_classifier, imagenet_class_texts
 from ..models.clip import CLIP_MODELS, load_clip
 from ..models.runtime import exported, unit_rows
 from ..models.text import DIM as TEXT_DIM
 from ..models.text import TextEncoder, text_encoder
-from .base import Engine, FeatureSpec, TextSearchable
-from .global_features import DEFAULT_MODELS_DIR
+from .base import Engine, EngineOptions, TextSearchable
 
 OFFLINE_SPACE = "imagenet-minilm"
 CLASSIFIER = "efficientnet-lite2"
 MAX_TEXT_CHARACTERS = 1_000
 
 
-class ImageText(Engine, TextSearchable):
-    name = "image_text"
-    service_name = "image_text_features"
-    duplicate_threshold = 0.02
+class ImageTextOptions(EngineOptions):
+    model: str = Field(OFFLINE_SPACE, validation_alias="image_text_model")
 
-    def __init__(self, model: str = OFFLINE_SPACE, models_dir: Path | None = None):
+    @field_validator("model")
+    @classmethod
+    def known(cls, model: str) -> str:
         if model != OFFLINE_SPACE and model not in CLIP_MODELS:
             raise ValueError(f"unknown image-text model {model!r}; known: {', '.join([OFFLINE_SPACE, *CLIP_MODELS])}")
-        self.model = model
-        self.models_dir = Path(models_dir or DEFAULT_MODELS_DIR)
+        return model
+
+
+class ImageText(Engine, TextSearchable):
+    name = "image_text"
+    Options = ImageTextOptions
+    duplicate_threshold = 0.02
+
+    def __init__(self, options: ImageTextOptions | None = None):
+        super().__init__(options)
+        model = self.options.model
         dim = TEXT_DIM if model == OFFLINE_SPACE else CLIP_MODELS[model].dim
         self.spec = FeatureSpec("float", dim, "ip", model=model)
         self.decode_side = CLASSIFIERS[CLASSIFIER].side if model == OFFLINE_SPACE else CLIP_MODELS[model].image_size
 
     @cached_property
     def space(self):
-        if self.model == OFFLINE_SPACE:
-            return ClassNameSpace(self.models_dir)
-        return load_clip(CLIP_MODELS[self.model], self.models_dir)
+        if self.options.model == OFFLINE_SPACE:
+            return ClassNameSpace(self.options.models_dir)
+        return load_clip(CLIP_MODELS[self.options.model], self.options.models_dir)
 
     def prepare(self) -> None:
         self.space

@@ -5,14 +5,14 @@ images that share descriptors with the query; `verify` then re-matches each cand
 counts the matches a homography explains (MAGSAC++), which is the score.
 """
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
+from pydantic import Field, field_validator
 
-from .base import Engine, FeatureSpec, Keypoints
-from .describers import create_describer
+from ..features import FeatureSpec, Keypoints
+from .base import Engine, EngineOptions
+from .describers import DESCRIBERS, create_describer
 
 # Long side of the frame keypoints are found in. Larger finds smaller crops but costs time per image.
 WORKING_SIDE = 1024
@@ -29,14 +29,26 @@ MAGSAC_THRESHOLD = 6.0  # pixels, in the working frame
 MIN_MATCHES = 8  # fewer inliers than this are what a homography fits to chance
 
 
+class LocalOptions(EngineOptions):
+    descriptor: str = Field("rootsift", validation_alias="local_descriptor")
+
+    @field_validator("descriptor")
+    @classmethod
+    def registered(cls, name: str) -> str:
+        if name not in DESCRIBERS:
+            raise ValueError(f"unknown local descriptor {name!r}; choose one of {', '.join(DESCRIBERS)}")
+        return name
+
+
 class LocalFeatures(Engine):
     name = "local"
-    service_name = "local_features"
+    Options = LocalOptions
     decode_side = WORKING_SIDE * 3 // 4
 
-    def __init__(self, descriptor: str = "rootsift", models_dir: Path | None = None):
-        self.describer = create_describer(descriptor, models_dir or Path.home() / ".cache/lookalike/models")
-        self.spec = FeatureSpec("points", self.describer.dim, "l2", model=descriptor)
+    def __init__(self, options: LocalOptions | None = None):
+        super().__init__(options)
+        self.describer = create_describer(self.options.descriptor, self.options.models_dir)
+        self.spec = FeatureSpec("points", self.describer.dim, "l2", model=self.options.descriptor)
         self._detector = cv2.SIFT_create(contrastThreshold=CONTRAST_THRESHOLD)
 
     def extract(self, image: Image.Image) -> Keypoints:

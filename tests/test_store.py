@@ -1,15 +1,15 @@
-"""The LMDB store and the FAISS indexes derived from it: atomicity, growth, reopening, catching up."""
+"""The LMDB store, and a library's indexes kept equal to it: atomicity, growth, reopening, catching up."""
 
 import numpy as np
 import pytest
+from helpers import crash
+from photos import encode
 
 import lookalike.store
-from lookalike.engines import FeatureSpec, create_engine
+from lookalike.engines import create_engine
 from lookalike.errors import Conflict, LookalikeError, NotFound, StoreVersionError
-from lookalike.index import FeatureIndex, Marker, train_template
 from lookalike.library import Library
 from lookalike.store import FeatureStore, ImageRecord
-from photos import encode
 
 SPECS = {name: create_engine(name).spec for name in ["phash", "color"]}
 rng = np.random.default_rng(7)
@@ -83,42 +83,6 @@ class TestStore:
             FeatureStore(tmp_path, SPECS)
 
 
-class TestIndex:
-    def test_l1_threshold_search_is_exact(self):
-        spec = SPECS["color"]
-        features = random_features(2000)["color"]
-        index = FeatureIndex(spec)
-        index.add(np.arange(2000) * 3, features)
-        query = features[:1]
-        truth = np.abs(features - query).sum(axis=1)
-        threshold = float(np.sort(truth)[300])  # needs several rounds of growing k
-        found = index.search_within(query, threshold)
-        assert {n.image_id for n in found} == set(np.flatnonzero(truth <= threshold) * 3)
-        assert [n.distance for n in found] == sorted(n.distance for n in found)
-
-    def test_hamming_threshold_is_inclusive_and_variants_merge(self):
-        index = FeatureIndex(SPECS["phash"])
-        codes = random_features(500)["phash"]
-        index.add(np.arange(500), codes)
-        near = codes[0].copy()
-        near[0] ^= 0b111  # 3 bits from image 0
-        found = index.search_within(np.stack([near, codes[1]]), 3)
-        assert {(n.image_id, n.distance) for n in found} == {(0, 3.0), (1, 0.0)}
-        assert [n.image_id for n in index.search(np.stack([near, codes[1]]), 2)] == [1, 0]
-
-    def test_save_and_load_keep_marker_and_contents(self, tmp_path):
-        index = FeatureIndex(SPECS["phash"])
-        codes = random_features(100)["phash"]
-        index.add(np.arange(100), codes)
-        index.save(tmp_path / "p.faiss", Marker("abc", 42))
-        loaded, marker = FeatureIndex.load(tmp_path / "p.faiss", SPECS["phash"])
-        assert marker == Marker("abc", 42) and loaded.ntotal == 100
-        assert np.array_equal(loaded.reconstruct(7), codes[7])
-        assert FeatureIndex.load(tmp_path / "p.faiss", SPECS["color"]) is None  # another feature: refused
-        (tmp_path / "bad.faiss").write_bytes(b"LOOKALIKE-INDEX\n garbage")
-        assert FeatureIndex.load(tmp_path / "bad.faiss", SPECS["phash"]) is None
-
-
 class TestReopen:
     def test_reopen_after_clean_close(self, tmp_path, photos):
         with Library(tmp_path, ["phash", "color"]) as library:
@@ -163,33 +127,3 @@ class TestReopen:
         with Library(tmp_path, ["phash"]):
             with pytest.raises(LookalikeError, match="in use"):
                 Library(tmp_path, ["phash"])
-
-
-def crash(library: Library) -> None:
-    """Drop a library the way a killed process would: nothing saved, only what LMDB committed."""
-    library.store.close()
-    library._lock_file.close()
-
-
-@pytest.mark.parametrize("dims", [384, 998])  # 998 (tags): no PQ code count divides it, scalar codes instead
-def test_a_compressed_index_re_scores_its_candidates_exactly(dims):
-    spec = FeatureSpec("float", dims, "ip")
-    rng = np.random.default_rng(5)
-    vectors = rng.normal(size=(3000, dims)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ids = np.arange(3000, dtype=np.int64)
-    stored = dict(zip(ids.tolist(), vectors))
-
-    def fetch(wanted):
-        present = [i for i in wanted if i in stored]
-        return np.array(present, np.int64), np.array([stored[i] for i in present], np.float32).reshape(-1, dims)
-
-    index = FeatureIndex(spec, template=train_template(spec, vectors, None, compressed=True), fetch=fetch)
-    index.add(ids, vectors)
-    found = index.search(vectors[7], 3)
-    assert found[0].image_id == 7 and found[0].distance == pytest.approx(0, abs=1e-5)  # exact, not PQ's estimate
-    assert [n.distance for n in found[1:]] == pytest.approx(
-        [1 - float(vectors[7] @ stored[n.image_id]) for n in found[1:]]
-    )
-    del stored[7]  # deleted from the store before the index hears of it: dropped, not misread
-    assert 7 not in [n.image_id for n in index.search(vectors[7], 3)]

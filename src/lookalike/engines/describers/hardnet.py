@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import ModelUnavailable
-from ..models import RemoteWeights, fetch_weights
-from .describers import quantize_unit
+from ...errors import ModelUnavailable
+from ...models import RemoteWeights, fetch_weights
+from .base import quantize_unit
 
 if TYPE_CHECKING:
     import cv2

@@ -1,0 +1,82 @@
+"""The original per-engine services' endpoint names, so a gallery written for them works unchanged.
+
+Each row of ORIGINAL_ROUTES binds one name to a handler with the engine fixed; the handlers are the
+generic routes' own, or thin adapters where the original took its arguments in another shape (a JSON
+body instead of a path, any cutoff as `distance_threshold`).
+"""
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import FastAPI, Form, Request
+
+from ..engines import Engine, TextSearchable
+from . import routes
+from .params import DeleteRequest, ImageSearchParams, SimilarToId
+
+# The original services' names in their search endpoints, where not the engine's own.
+SERVICE_NAMES = {"local": "local_features", "global": "global_features", "image_text": "image_text_features"}
+
+
+def delete_by_body(request: Request, engine: str, body: DeleteRequest):
+    return routes.delete(request, [engine], body.image_id, body.file_name)
+
+
+def similar_to_id_by_body(request: Request, engine: str, body: SimilarToId) -> routes.Hits:
+    return routes.search_id(request, engine, body.image_id, body, original_names=True)
+
+
+def similar_to_image_buffer(
+    request: Request, engine: str, image: routes.ImageFile, params: Annotated[ImageSearchParams, Form()]
+) -> routes.Hits:
+    return routes.search_image(request, engine, image, params, original_names=True)
+
+
+@dataclass(frozen=True)
+class OriginalRoute:
+    path: str  # {engine} and {service} are filled in per engine
+    handler: Callable
+    status_code: int = 200
+    text_search: bool = False  # only for engines that answer text queries
+
+
+ORIGINAL_ROUTES = [
+    OriginalRoute("/calculate_{engine}_features", routes.add_to_engine),
+    OriginalRoute("/delete_{engine}_features", delete_by_body),
+    OriginalRoute("/{service}_get_similar_images_by_id", similar_to_id_by_body),
+    OriginalRoute("/{service}_get_similar_images_by_image_buffer", similar_to_image_buffer),
+    OriginalRoute("/{service}_get_similar_images_by_text", routes.similar_to_text, text_search=True),
+]
+
+
+def add_original_routes(app: FastAPI, name: str, engine: type[Engine]) -> None:
+    service = SERVICE_NAMES.get(name, name)
+    for route in ORIGINAL_ROUTES:
+        if route.text_search and not issubclass(engine, TextSearchable):
+            continue
+        path = route.path.format(engine=name, service=service)
+        app.add_api_route(
+            path,
+            for_engine(route.handler, name),
+            methods=["POST"],
+            status_code=route.status_code,
+            tags=[f"{name} (original endpoint names)"],
+            response_model_exclude_none=True,
+            operation_id=path.strip("/"),
+        )
+
+
+def for_engine(handler: Callable, engine: str) -> Callable:
+    """`handler` with its `engine` parameter fixed, and gone from the signature FastAPI reads."""
+
+    def endpoint(**arguments):
+        return handler(engine=engine, **arguments)
+
+    signature = inspect.signature(handler)
+    endpoint.__signature__ = signature.replace(
+        parameters=[parameter for parameter in signature.parameters.values() if parameter.name != "engine"]
+    )
+    endpoint.__doc__ = handler.__doc__
+    return endpoint

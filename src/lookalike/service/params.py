@@ -1,0 +1,117 @@
+"""What requests carry, declared once and used as a JSON body, a multipart form or a query string alike:
+a new search option is one field here."""
+
+from typing import Annotated
+
+from pydantic import BaseModel, Field, model_validator
+
+from ..errors import InvalidRequest
+from ..indexes import Measure
+from ..library import QueryExpansion
+from ..store import MAX_IMAGE_ID
+
+MAX_K = 10_000
+MAX_EXPANSION = 100
+MAX_TEXT_CHARACTERS = 1_000
+ImageId = Annotated[int, Field(ge=0, le=MAX_IMAGE_ID)]
+# The field that bounds each measure's score, from below or above as the measure goes.
+THRESHOLD_FIELDS = {
+    Measure.DISTANCE: "distance_threshold",
+    Measure.MATCHES: "min_matches",
+    Measure.RELEVANCE: "min_relevance",
+}
+
+
+class SearchParams(BaseModel):
+    """How many hits to return, or how good they must be; and query expansion, for embeddings."""
+
+    k: int | None = Field(None, ge=1, le=MAX_K, description="The k best.")
+    distance_threshold: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Every image at this distance or nearer (engines scored by distance). The original "
+        "endpoint names take it as the cutoff of any engine: the fewest matches for local features.",
+    )
+    min_matches: int | None = Field(
+        None, ge=1, le=MAX_K, description="Every image with at least this many verified matches (local features)."
+    )
+    min_relevance: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="Every image at least this relevant (engines scored by relevance)."
+    )
+    aqe_n: int = Field(
+        0,
+        ge=0,
+        le=MAX_EXPANSION,
+        description="Alpha query expansion (embeddings): search again with the query and this many nearest neighbours.",
+    )
+    aqe_alpha: float = Field(
+        3.0,
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="Alpha query expansion: each neighbour's weight is its similarity to this power.",
+    )
+
+    def expansion(self) -> QueryExpansion | None:
+        return QueryExpansion(self.aqe_n, self.aqe_alpha) if self.aqe_n else None
+
+    def for_engine(self, measure: Measure, original_names: bool = False) -> tuple[int | None, float | None]:
+        """(k, threshold) for one engine whose hits are scored by `measure`: exactly one must be given,
+        and no threshold of another measure."""
+        field = THRESHOLD_FIELDS[measure]
+        if original_names and getattr(self, field) is None and self.distance_threshold is not None:
+            field = "distance_threshold"  # the original services had no other cutoff field
+        stray = [other for other in THRESHOLD_FIELDS.values() if other != field and getattr(self, other) is not None]
+        if stray:
+            raise InvalidRequest(f"this engine's hits are scored by {measure}: give k or {field}, not {stray[0]}")
+        threshold = getattr(self, field)
+        if (self.k is None) == (threshold is None):
+            raise InvalidRequest(f"give exactly one of k and {field}")
+        return self.k, threshold
+
+    def for_every_engine(self) -> tuple[int | None, dict[Measure, float]]:
+        """(k, each measure's threshold) for a search of every engine: exactly one of k and
+        distance_threshold; the other thresholds bound their own engines further."""
+        if (self.k is None) == (self.distance_threshold is None):
+            raise InvalidRequest("give exactly one of k and distance_threshold")
+        given = {measure: getattr(self, field) for measure, field in THRESHOLD_FIELDS.items()}
+        return self.k, {measure: value for measure, value in given.items() if value is not None}
+
+
+class ImageSearchParams(SearchParams):
+    mirrored: bool = Field(False, description="Also search with the mirror image (local features).")
+
+
+class SimilarToId(SearchParams):
+    image_id: ImageId
+
+
+class SimilarToText(SearchParams):
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARACTERS)
+
+
+class AddForm(BaseModel):
+    image_id: ImageId
+    file_name: str | None = Field(None, description="Name to find the image by; optional")
+
+
+class DeleteRequest(BaseModel):
+    image_id: ImageId | None = None
+    file_name: str | None = None
+
+    @model_validator(mode="after")
+    def exactly_one(self):
+        if (self.image_id is None) == (self.file_name is None):
+            raise ValueError("give exactly one of image_id and file_name")
+        return self
+
+
+class HitOut(BaseModel):
+    """A found image; its score is one of distance, matches and relevance, as its engine measures."""
+
+    image_id: int
+    distance: float | None = Field(None, description="Engines scored by distance: smaller is nearer.")
+    matches: int | None = Field(None, description="Local features: keypoint matches one homography explains.")
+    relevance: float | None = Field(None, description="Engines scored by relevance (text): larger is better.")
+    file_name: str

@@ -1,0 +1,164 @@
+"""The service's routes: every engine at once, one engine by name, tags, and the service's own.
+
+Handlers are plain `def`s, so FastAPI runs them in its thread pool and decoding, feature extraction
+and index searches never block the event loop. The original services' endpoint names (`legacy.py`)
+bind the same handlers to fixed engines.
+"""
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
+
+from ..errors import ImageTooLarge
+from ..indexes import Hit
+from ..library import Library
+from ..store import MAX_IMAGE_ID
+from .params import AddForm, HitOut, ImageSearchParams, SearchParams, SimilarToText
+
+router = APIRouter()
+ImageFile = Annotated[UploadFile, File(description="The image: JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC or AVIF")]
+EngineName = Annotated[str, Path(description="A served engine, e.g. phash")]
+ImageIdPath = Annotated[int, Path(ge=0, le=MAX_IMAGE_ID)]
+FileNameQuery = Annotated[str, Query(description="The file name the image was added with")]
+Hits = list[HitOut]
+
+
+def library(request: Request) -> Library:
+    return request.app.state.library
+
+
+def read_upload(request: Request, image: UploadFile) -> bytes:
+    limit = request.app.state.settings.max_upload_bytes
+    data = image.file.read(limit + 1)
+    if len(data) > limit:
+        raise ImageTooLarge(f"upload is larger than the limit of {limit} bytes")
+    return data
+
+
+def hits_out(hits: list[Hit]) -> list[dict]:
+    return [hit.as_dict() for hit in hits]
+
+
+def add(request: Request, engines: list[str] | None, image: UploadFile, form: AddForm) -> dict:
+    # Only an explicit file_name names the image: uploads from browsers are all called "blob".
+    library(request).add(form.image_id, read_upload(request, image), form.file_name or "", engines)
+    return {"image_id": form.image_id}
+
+
+def delete(request: Request, engines: list[str] | None, image_id: int | None, file_name: str | None = None) -> dict:
+    found = library(request)
+    image_id = found.id_for_name(file_name) if file_name is not None else image_id
+    return {"image_id": image_id, "deleted_from": found.delete(image_id, engines)}
+
+
+def search_image(
+    request: Request, engine: str, image: UploadFile, params: ImageSearchParams, original_names: bool = False
+) -> list[dict]:
+    found = library(request)
+    k, threshold = params.for_engine(found.measure(engine), original_names)
+    data = read_upload(request, image)
+    return hits_out(found.similar_to_image(engine, data, k, threshold, params.mirrored, params.expansion()))
+
+
+def search_id(
+    request: Request, engine: str, image_id: int, params: SearchParams, original_names: bool = False
+) -> list[dict]:
+    found = library(request)
+    k, threshold = params.for_engine(found.measure(engine), original_names)
+    return hits_out(found.similar_to_id(engine, image_id, k, threshold, params.expansion()))
+
+
+# -- every engine at once ------------------------------------------------------------------------
+
+
+@router.post("/images", status_code=201, tags=["all engines"])
+def add_everywhere(request: Request, image: ImageFile, form: Annotated[AddForm, Form()]):
+    """Add an image to every engine in one transaction."""
+    return add(request, None, image, form)
+
+
+@router.delete("/images/{image_id}", tags=["all engines"])
+def delete_everywhere(request: Request, image_id: ImageIdPath):
+    return delete(request, None, image_id)
+
+
+@router.delete("/images", tags=["all engines"])
+def delete_everywhere_by_name(request: Request, file_name: FileNameQuery):
+    return delete(request, None, None, file_name)
+
+
+@router.post("/search", tags=["all engines"], response_model_exclude_none=True)
+def search_everywhere(
+    request: Request, image: ImageFile, params: Annotated[ImageSearchParams, Form()]
+) -> dict[str, Hits]:
+    """Every engine's answer for one image. A distance threshold bounds the engines scored by distance;
+    local features then return every verified match (min_matches bounds them)."""
+    k, thresholds = params.for_every_engine()
+    found = library(request).search_all(read_upload(request, image), k, thresholds, params.mirrored)
+    return {name: hits_out(hits) for name, hits in found.items()}
+
+
+@router.get("/stats", tags=["service"])
+def stats(request: Request):
+    return library(request).stats()
+
+
+@router.get("/health", tags=["service"])
+async def health():
+    return {"status": "ok"}
+
+
+# -- one engine ----------------------------------------------------------------------------------
+
+
+@router.post("/engines/{engine}/images", status_code=201, tags=["one engine"])
+def add_to_engine(request: Request, engine: EngineName, image: ImageFile, form: Annotated[AddForm, Form()]):
+    return add(request, [engine], image, form)
+
+
+@router.delete("/engines/{engine}/images/{image_id}", tags=["one engine"])
+def delete_from_engine(request: Request, engine: EngineName, image_id: ImageIdPath):
+    return delete(request, [engine], image_id)
+
+
+@router.delete("/engines/{engine}/images", tags=["one engine"])
+def delete_from_engine_by_name(request: Request, engine: EngineName, file_name: FileNameQuery):
+    return delete(request, [engine], None, file_name)
+
+
+@router.get("/engines/{engine}/images/{image_id}/similar", tags=["one engine"], response_model_exclude_none=True)
+def similar_to_id(
+    request: Request, engine: EngineName, image_id: ImageIdPath, params: Annotated[SearchParams, Query()]
+) -> Hits:
+    """Stored images like a stored one, itself left out."""
+    return search_id(request, engine, image_id, params)
+
+
+@router.post("/engines/{engine}/search", tags=["one engine"], response_model_exclude_none=True)
+def similar_to_image(
+    request: Request, engine: EngineName, image: ImageFile, params: Annotated[ImageSearchParams, Form()]
+) -> Hits:
+    """Stored images like an uploaded one."""
+    return search_image(request, engine, image, params)
+
+
+@router.post("/engines/{engine}/search_text", tags=["one engine"], response_model_exclude_none=True)
+def similar_to_text(request: Request, engine: EngineName, body: SimilarToText) -> Hits:
+    """Stored images a text describes (image_text), or that carry the tags it names (tags)."""
+    found = library(request)
+    k, threshold = body.for_engine(found.measure(engine))
+    return hits_out(found.similar_to_text(engine, body.text, k, threshold, body.expansion()))
+
+
+# -- tags ----------------------------------------------------------------------------------------
+
+
+@router.post("/get_image_tags", tags=["tags"])
+def image_tags(request: Request, image: ImageFile) -> list[str]:
+    """The tags of an uploaded image (not stored): what the classifier is confident it shows."""
+    return library(request).tags_of_image(read_upload(request, image))
+
+
+@router.get("/images/{image_id}/tags", tags=["tags"])
+def stored_tags(request: Request, image_id: ImageIdPath) -> list[str]:
+    return library(request).tags_of_id(image_id)
