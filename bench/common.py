@@ -118,6 +118,32 @@ def gallery_jpegs() -> dict[str, bytes]:
     return found
 
 
+# -- indexes outside a library ---------------------------------------------------------------------
+
+
+class ArraySource:
+    """Fixed-size features held in memory, image id = row, read as an index reads the store's
+    (lookalike.indexes.FeatureSource): benchmarks build a VectorIndex on it without an LMDB store.
+    A compressed index reads its candidates back through it to re-score them."""
+
+    def __init__(self, spec, features: np.ndarray):
+        self.spec = spec
+        self.features = features
+
+    def read(self, image_ids=None) -> tuple[np.ndarray, np.ndarray]:
+        if image_ids is None:
+            return np.arange(len(self.features), dtype=np.int64), self.features
+        ids = np.asarray(image_ids, np.int64)
+        ids = ids[(ids >= 0) & (ids < len(self.features))]
+        return ids, self.features[ids]
+
+    def ids(self) -> np.ndarray:
+        return np.arange(len(self.features), dtype=np.int64)
+
+    def count(self) -> int:
+        return len(self.features)
+
+
 # -- timing and statistics -------------------------------------------------------------------------
 
 

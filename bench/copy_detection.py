@@ -134,12 +134,12 @@ def main() -> None:
             for transform, data in queries.items():
                 for column, each, engine in columns:
                     (match,) = each.similar_to_image(engine, data, k=1)
-                    hits[transform, column].append(match.distance if match.image_id == image_id else None)
+                    hits[transform, column].append(match.score if match.image_id == image_id else None)
         for column, each, engine in columns:
             nearest = []
             for image_id, data in enumerate(originals):
                 other = [m for m in each.similar_to_image(engine, data, k=2) if m.image_id != image_id][0]
-                nearest.append((other.distance, names[image_id], other.file_name))
+                nearest.append((other.score, names[image_id], other.file_name))
             margin[column] = sorted(nearest)
         threshold = library.engines["phash"].duplicate_threshold
         neural_thresholds = {c: libraries[lib].engines[e].duplicate_threshold for c, lib, e in NEURAL}

@@ -22,12 +22,13 @@ ranking scored by average precision (mAP), precision at 1 and R-precision (preci
 the number of positives). Two databases:
 
 - A: the 149 photos only. Plain; alpha query expansion (QueryExpansion(n, 3.0), n = 1, 2, 3);
-  whitening learned from distractors only (index.train_template(spec, distractors, 512, False), the
-  index of the Library replaced by one made from that template); whitening + expansion; and, for
-  comparison, expansion done in the whitened space (the whitened vectors averaged, in the script).
+  whitening learned from distractors only (indexes.templates.train_template(spec, distractors, 512,
+  False), the index of the Library replaced by a VectorIndex made from that template); whitening +
+  expansion; and, for comparison, expansion done in the whitened space (the whitened vectors
+  averaged, in the script).
 - B: the 149 photos + the distractors in one Library; plain, expansion, A's whitening (learned from
-  the distractors only), and library.train_vectors("global", whiten=True, compressed=False), the
-  product path (whitening learned from everything stored, queries included, 512 dims), + expansion.
+  the distractors only), and library.train("global", whiten=True, compressed=False), the product
+  path (whitening learned from everything stored, queries included, 512 dims), + expansion.
 
 Distractors (--distractors, default 2,000): local_crop_recall.py's distractors, i.e. tiles and
 random crops (20-60% of the area, some rotated, colour-shifted, downscaled or mirrored) of 44 real
@@ -50,9 +51,11 @@ import faiss
 import numpy as np
 
 from lookalike.engines import create_engine, decode_for
-from lookalike.engines.global_features import DEFAULT_MODELS_DIR
-from lookalike.index import FeatureIndex, train_template
+from lookalike.indexes import IndexSetup
+from lookalike.indexes.templates import train_template
+from lookalike.indexes.vectors import VectorIndex
 from lookalike.library import Library, QueryExpansion
+from lookalike.models import DEFAULT_MODELS_DIR
 from lookalike.store import ImageRecord
 
 CACHE = Path.home() / ".cache/lookalike/bench/global_features"
@@ -230,6 +233,17 @@ def fill(library: Library, ids, names, vectors) -> None:
         library.add_many(items[start : start + 1000])
 
 
+def swap_index(library: Library, index):
+    """Put `index` in place of the library's global index; returns the one it replaced.
+
+    IndexManager offers no way to swap an index: this reaches into its dict. Put the library's own
+    back before it is closed, which saves the indexes.
+    """
+    replaced = library.indexes["global"]
+    library.indexes._indexes["global"] = index
+    return replaced
+
+
 def label(expansion) -> str:
     return "plain" if expansion is None else f"AQE n={expansion.neighbours}, alpha {expansion.alpha:g}"
 
@@ -255,17 +269,17 @@ def main() -> None:
             started = time.perf_counter()
             template = train_template(spec, distractor_vectors, 512, False)
             train_s = time.perf_counter() - started
-            stored = library.indexes["global"]
-            whitened = FeatureIndex(spec, template=template)
+            whitened = VectorIndex(IndexSetup(library.store.source("global"), None), template=template)
             whitened.add(ids, vectors)
-            library.indexes["global"] = whitened  # searched, never saved: the template is not the library's
+            # Searched, never saved (no files): the template is not the library's own.
+            stored = swap_index(library, whitened)
             for expansion in EXPANSIONS:
                 key = f"A|whitened (distractors, 512) + {label(expansion)}"
                 results[key] = summarise(run(library, chosen, expansion, len(names)))
             for n in (1, 2, 3):
                 key = f"A|whitened (distractors, 512) + AQE n={n}, alpha 3 in the whitened space"
                 results[key] = summarise(whitened_space_aqe(template, ids, vectors, chosen, n, 3.0))
-            library.indexes["global"] = stored
+            swap_index(library, stored)
 
         # B: the 149 photos and the distractors in one library; the product's whitening.
         with Library(Path(tmp, "b"), ["global"], engine_options=options) as library:
@@ -274,20 +288,19 @@ def main() -> None:
             total = len(names) + len(distractor_names)
             for expansion in EXPANSIONS:
                 results[f"B|{label(expansion)}"] = summarise(run(library, chosen, expansion, total))
-            stored = library.indexes["global"]
-            whitened = FeatureIndex(spec, template=template)  # A's template: learned from the distractors
+            # A's template: learned from the distractors.
+            whitened = VectorIndex(IndexSetup(library.store.source("global"), None), template=template)
             whitened.add(*library.store.read_features("global"))
-            library.indexes["global"] = whitened
+            stored = swap_index(library, whitened)
             for expansion in EXPANSIONS[:2]:
                 key = f"B|whitened (distractors, 512) + {label(expansion)}"
                 results[key] = summarise(run(library, chosen, expansion, total))
-            library.indexes["global"] = stored
+            swap_index(library, stored)
             started = time.perf_counter()
-            library.train_vectors("global", whiten=True, compressed=False)
+            dims = library.train("global", whiten=True, compressed=False)["whitened_dims"]
             train_b_s = time.perf_counter() - started
-            dims = library.templates["global"].whitened_dims
             for expansion in EXPANSIONS:
-                key = f"B|train_vectors whitened ({dims}) + {label(expansion)}"
+                key = f"B|train whitened ({dims}) + {label(expansion)}"
                 results[key] = summarise(run(library, chosen, expansion, total))
 
     groups = {g: len(m) for g, m in GROUPS.items()}
@@ -348,8 +361,8 @@ def main() -> None:
         "B|plain",
         "B|AQE n=1, alpha 3",
         "B|whitened (distractors, 512) + plain",
-        f"B|train_vectors whitened ({dims}) + plain",
-        f"B|train_vectors whitened ({dims}) + AQE n=3, alpha 3",
+        f"B|train whitened ({dims}) + plain",
+        f"B|train whitened ({dims}) + AQE n=3, alpha 3",
     ]
     print(
         common.table(
@@ -359,7 +372,7 @@ def main() -> None:
     )
     print(
         f"\nWhitening training: {train_s:.2f} s on {len(distractor_names):,} distractors (A); "
-        f"train_vectors {train_b_s:.2f} s on {len(names) + len(distractor_names):,} vectors (B, rebuild included)."
+        f"library.train {train_b_s:.2f} s on {len(names) + len(distractor_names):,} vectors (B, rebuild included)."
     )
     print(f"\n{common.machine_markdown()}")
 

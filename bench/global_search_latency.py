@@ -9,17 +9,18 @@ A copy ends up ~0.02-0.15 (cosine distance) from its source, the range of the di
 photo to its nearest other photo here (median 0.13), so the data is not a few thousand tight clusters.
 Queries: 200 held-out copies made the same way (never added).
 
-Indexes, all lookalike.index.FeatureIndex with the engine's spec; every timing with FAISS's default
+Indexes, all lookalike.indexes.vectors.VectorIndex with the engine's spec, built on the vectors in
+memory (common.ArraySource, not an LMDB store); every timing with FAISS's default
 threads (all cores) and again with faiss.omp_set_num_threads(1) (on a busy machine, OpenMP threads
 waiting for a descheduled sibling cost milliseconds per query):
 - flat: the default (IndexIDMap2 over IndexFlatIP);
 - flat + whitening: train_template(spec, vectors, 512, compressed=False) (PCA whitening to 512 dims,
-  then renormalised; what Library.train_vectors(whiten=True) builds);
+  then renormalised; what Library.train(engine, whiten=True) builds);
 - compressed: train_template(spec, vectors, None, compressed=True): IVF (sqrt(n) lists) + PQ (160
-  codes of 8 bits), searched with nprobe 16 (Library's default) and 64 (FeatureIndex.set_nprobe);
+  codes of 8 bits), searched with nprobe 16 (Library's default) and 64 (IndexSetup's nprobe);
 - whitened + compressed: train_template(spec, vectors, 512, True): 512 dims, 128 codes of 8 bits.
-Every template is trained on all the vectors, as Library.train_vectors does. Latency: single queries,
-k=10, FeatureIndex.search (one vector, as similar_to_id; and for flat and compressed also the 3
+Every template is trained on all the vectors, as Library.train does. Latency: single queries,
+k=10, VectorIndex.search (one vector, as similar_to_id; and for flat and compressed also the 3
 variants similar_to_image searches with: the photo and it turned by 90 degrees either way, here 3
 held-out copies), after 3 warm-up queries; --timed of the 200 queries are timed. Recall@10:
 |top 10 ∩ exact top 10| / 10 over the 200 queries, the exact top 10 computed with numpy in the
@@ -27,9 +28,11 @@ index's own space (raw vectors; for whitened indexes the vectors through the tem
 transforms); also the overlap with the plain exact top 10. Each (size, index) runs in a fresh
 process (the vectors regenerated, seeded): memory is its psutil RSS after add minus before training
 (the vectors array excluded), beside the size of the index as written by faiss.write_index.
-Training time: train_template alone; "add" is FeatureIndex.add of all the vectors. For the
-compressed indexes also, as a what-if (lookalike does not do it): recall@10 when the index's top 100
-are re-ranked by the exact inner product of the raw (or whitened) vectors, which the store keeps.
+Training time: train_template alone; "add" is VectorIndex.add of all the vectors. A compressed
+VectorIndex re-scores its top 100 (vectors.RERANK) by the exact inner product of the stored vectors,
+here read from memory: the timed searches include that. The recall columns are FAISS's own top 10
+(index._index.search), and, for the compressed indexes, its top 100 re-ranked exactly as that re-scoring
+does.
 
 Query expansion: QueryExpansion(3, 3.0) with lookalike's own Library._expanded (the search for the 3
 neighbours, reading their vectors, the weighted sum) on a stand-in for the Library whose store
@@ -48,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -58,7 +62,9 @@ import numpy as np
 import psutil
 
 from lookalike.engines import create_engine
-from lookalike.index import FeatureIndex, train_template
+from lookalike.indexes import IndexSetup
+from lookalike.indexes.templates import train_template
+from lookalike.indexes.vectors import VectorIndex
 from lookalike.library import Library, QueryExpansion
 
 QUERIES = 200
@@ -121,7 +127,7 @@ def recall(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, exact)]))
 
 
-def expander(spec, index: FeatureIndex, vectors: np.ndarray):
+def expander(spec, index: VectorIndex, vectors: np.ndarray):
     """Library._expanded bound to a stand-in library: `index`, and a store reading `vectors` in memory."""
 
     def read_features(engine, ids):
@@ -170,7 +176,8 @@ def measure(size: int, name: str, timed: int) -> list[dict]:
     started = time.perf_counter()
     template = train_template(spec, vectors, dims, compressed) if dims or compressed else None
     train_s = time.perf_counter() - started
-    index = FeatureIndex(spec, template=template)
+    setup = IndexSetup(common.ArraySource(spec, vectors), None)  # never saved: no files
+    index = VectorIndex(setup, template=template)
     started = time.perf_counter()
     index.add(np.arange(len(vectors)), vectors)
     add_s = time.perf_counter() - started
@@ -185,10 +192,11 @@ def measure(size: int, name: str, timed: int) -> list[dict]:
     rows = []
     for nprobe in nprobes:
         if nprobe:
-            index.set_nprobe(nprobe)
+            # nprobe comes from the setup: the same trained FAISS index, wrapped again with another one.
+            index = VectorIndex(replace(setup, nprobe=nprobe), index._index, template)
         found = index._index.search(queries, 10)[1]  # one batch: the same top 10 as one search per query
         reranked = None
-        if compressed:  # not in lookalike: the top 100 re-ranked by the exact inner product of stored vectors
+        if compressed:  # as VectorIndex re-scores: the top 100 re-ranked by the exact inner product of stored vectors
             top100 = index._index.search(queries, 100)[1]
             exact = np.einsum("qkd,qd->qk", own_vectors[np.maximum(top100, 0)], own_queries)
             exact[top100 < 0] = -np.inf
@@ -196,7 +204,7 @@ def measure(size: int, name: str, timed: int) -> list[dict]:
         for threads in (DEFAULT_THREADS, 1):
             faiss.omp_set_num_threads(threads)
             busy = common.busy_cores(0.5)  # other processes (this one is idle meanwhile)
-            single = latencies(lambda q: index.search(q, 10), queries[:timed])
+            single = latencies(lambda q: index.search(q, k=10), queries[:timed])
             row = {
                 "size": size,
                 "index": name,
@@ -214,10 +222,10 @@ def measure(size: int, name: str, timed: int) -> list[dict]:
                 "recall_at_10_reranked_100": recall(reranked, own_top) if reranked is not None else None,
             }
             if full:
-                three = latencies(lambda q: index.search(q, 10), variants[:timed])
+                three = latencies(lambda q: index.search(q, k=10), variants[:timed])
                 row["three_variants_p50_ms"] = 1000 * common.percentile(three, 50)
                 expand = expander(spec, index, vectors)
-                with_aqe = latencies(lambda q: index.search(expand(q), 10), queries[:timed])
+                with_aqe = latencies(lambda q: index.search(expand(q), k=10), queries[:timed])
                 row["aqe_p50_ms"] = 1000 * common.percentile(with_aqe, 50)
                 row["aqe_p99_ms"] = 1000 * common.percentile(with_aqe, 99)
             rows.append(row)

@@ -17,7 +17,7 @@ aspect); the 25% crop rotated 10 degrees (same canvas, black corners); the 25% c
 half its sides; the 25% crop mirrored, searched with mirrored=True. A hit is the original at rank 1.
 
 First a few originals' queries run against the flat (exact, untrained) index; then
-`library.train("local", force=True)` builds the default OPQ+IVF+PQ index (nprobe 16) and every query
+`library.train("local")` builds the default OPQ+IVF+PQ index (nprobe 16) and every query
 runs again. Extracted features are cached under ~/.cache/lookalike/bench/local_crop_recall/.
 
 hardnet8 is not measured: its weights download from the internet on first use.
@@ -49,7 +49,8 @@ import skimage.data
 from PIL import Image, ImageOps
 
 import common
-from lookalike.engines import Keypoints, create_engine, decode_for
+from lookalike.engines import create_engine, decode_for
+from lookalike.features import Keypoints
 from lookalike.library import Library
 from lookalike.store import ImageRecord
 
@@ -231,17 +232,21 @@ def extracted(descriptor: str, names: list[str], tasks: list[tuple], patch: dict
             [descriptor, names, [t if t[0] == "recipe" else len(t[1]) for t in tasks], patch], default=str
         ).encode()
     ).hexdigest()[:12]
-    path = CACHE / f"{tag}-{descriptor}-{key}.pkl"
+    # The cache holds plain (xy, descriptors) arrays, not Keypoints: a pickled class breaks the cache
+    # whenever the class moves (it did, from lookalike.engines to lookalike.features). "-arrays" keeps
+    # older caches, which pickled Keypoints, from being read.
+    path = CACHE / f"{tag}-{descriptor}-{key}-arrays.pkl"
     if path.exists():
         with open(path, "rb") as f:
-            return pickle.load(f)
+            cached = pickle.load(f)
+        return {**cached, "features": [Keypoints(xy, d) for xy, d in cached["features"]]}
     started = time.perf_counter()
     with_sources = any(t[0] == "recipe" for t in tasks)
     with ProcessPoolExecutor(2, get_context("spawn"), _init, (descriptor, patch, with_sources)) as pool:
         done = list(pool.map(_extract, tasks, chunksize=8))
     result = {
         "names": names,
-        "features": [Keypoints(xy, d) for xy, d, _ in done],
+        "features": [(xy, d) for xy, d, _ in done],
         "cpu_s": [s for _, _, s in done],
         "wall_s": time.perf_counter() - started,
     }
@@ -249,7 +254,7 @@ def extracted(descriptor: str, names: list[str], tasks: list[tuple], patch: dict
     with open(path.with_suffix(".tmp"), "wb") as f:
         pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
     path.with_suffix(".tmp").rename(path)
-    return result
+    return {**result, "features": [Keypoints(xy, d) for xy, d in result["features"]]}
 
 
 def dataset(descriptor: str, n_distractors: int, patch: dict | None = None) -> tuple[dict, dict, list[dict]]:
@@ -297,7 +302,7 @@ def search_all(library: Library, query_sets: list[dict[str, bytes]], originals: 
                 [
                     top is not None and top.image_id == image_id,
                     top.image_id if top else None,
-                    top.matches if top else 0,
+                    top.score if top else 0,  # the local engine's score: verified matches
                     seconds,
                 ]
             )
@@ -343,7 +348,7 @@ def measure(descriptor: str, n_distractors: int, flat_originals: int, patch: dic
                 result["flat"] = summary(flat)
                 result["flat_queries"] = {t: [[i, *row] for i, row in enumerate(rows)] for t, rows in flat.items()}
             started = time.perf_counter()
-            library.train("local", force=True)
+            library.train("local")
             result["train_s"] = time.perf_counter() - started
             trained = search_all(library, query_sets, range(len(query_sets)))
             result["trained"] = summary(trained)

@@ -1,4 +1,4 @@
-"""Point id -> image id lookups (lookalike.point_ranges.PointRanges): throughput and RAM per image.
+"""Point id -> image id lookups (lookalike.indexes.point_ranges.PointRanges): throughput and RAM per image.
 
 A PointRanges gets `images` images of 100-200 points each (uniform, seeded), allocated in batches of
 1,000 as PointIndex.add does when a trained index is built; then 10% of the images, chosen at
@@ -26,7 +26,7 @@ import tracemalloc
 import numpy as np
 
 import common
-from lookalike.point_ranges import PointRanges
+from lookalike.indexes.point_ranges import PointRanges
 
 BATCH = 1_000_000
 RUNS = 5

@@ -33,6 +33,8 @@ BENCHMARKS = [
     "text_search_recall",
     "global_retrieval",
     "global_search_latency",
+    # The text index (words, edits, sounds) at 100k images; uses Debian's wamerican word list if installed.
+    "text_index",
 ]
 
 

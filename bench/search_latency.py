@@ -1,4 +1,4 @@
-"""Search latency (p50/p99) and index memory of lookalike.index.FeatureIndex at 100k and 1M images.
+"""Search latency (p50/p99) and index memory of lookalike.indexes.vectors.VectorIndex at 100k and 1M images.
 
 Features are generated, not extracted (seeded):
   phash: uniformly random 576-bit hashes (72 random bytes each).
@@ -9,8 +9,10 @@ Each query is a stored feature made near-duplicate (phash: 20 random bits flippe
 2.5% with another histogram, L1 <= 0.05) so threshold searches find something:
   phash: 2 variants stacked (the near-duplicate + a random hash standing in for its mirror), k=10;
   color: 1 variant, k=10.
-search_within uses the engines' duplicate thresholds: 64 bits for phash, 0.1 L1 for color.
-Memory: psutil RSS of this process after FeatureIndex(spec).add(ids, features), minus before.
+"within" is a threshold search, search(query, threshold=...), at the engines' duplicate thresholds: 64
+bits for phash, 0.1 L1 for color; k=10 is search(query, k=10). The index is built on the features in
+memory (common.ArraySource), not on an LMDB store: a flat index never reads them back.
+Memory: psutil RSS of this process after VectorIndex(IndexSetup(source, None)).add(ids, features), minus before.
 Also timed: remove() of one id, which Library pays on delete and when re-indexing a changed file
 (a bulk add of new images removes nothing).
 FAISS runs with its default threads (all cores); phash at 1M is repeated with 1 OpenMP thread.
@@ -30,7 +32,8 @@ import psutil
 
 import common
 from lookalike.engines import create_engine
-from lookalike.index import FeatureIndex
+from lookalike.indexes import IndexSetup
+from lookalike.indexes.vectors import VectorIndex
 
 SIZES = [100_000, 1_000_000]
 THRESHOLDS = {"phash": 64, "color": 0.1}
@@ -76,16 +79,17 @@ def measure(engine: str, features: np.ndarray, n: int, queries_count: int, rng, 
     gc.collect()
     process = psutil.Process()
     before = process.memory_info().rss
-    index = FeatureIndex(spec)
+    index = VectorIndex(IndexSetup(common.ArraySource(spec, features[:n]), None))  # never saved: no files
     add_seconds, _ = common.timed(index.add, np.arange(n, dtype=np.int64), features[:n])
     memory = process.memory_info().rss - before
     queries = [make_query(engine, features[:n], rng) for _ in range(queries_count)]
     results = []
     for count in threads:
         faiss.omp_set_num_threads(count)
-        knn = latencies(lambda q: index.search(q, 10), queries)
-        within = latencies(lambda q: index.search_within(q, THRESHOLDS[engine]), queries[: max(queries_count // 4, 10)])
-        found = float(np.mean([len(index.search_within(q, THRESHOLDS[engine])) for q in queries[:10]]))
+        threshold = THRESHOLDS[engine]
+        knn = latencies(lambda q: index.search(q, k=10), queries)
+        within = latencies(lambda q: index.search(q, threshold=threshold), queries[: max(queries_count // 4, 10)])
+        found = float(np.mean([len(index.search(q, threshold=threshold)) for q in queries[:10]]))
         results.append({
             "engine": engine, "n": n, "threads": count, "queries": len(queries),
             "knn_p50_ms": common.percentile(knn, 50) * 1e3, "knn_p99_ms": common.percentile(knn, 99) * 1e3,
@@ -128,13 +132,13 @@ def main() -> None:
         gc.collect()
 
     target = next(r for r in results if (r["engine"], r["n"], r["threads"]) == ("phash", SIZES[-1], default_threads))
-    print(f"## Search latency, FeatureIndex (flat), FAISS {faiss.__version__}, default threads = {default_threads}\n")
+    print(f"## Search latency, VectorIndex (flat), FAISS {faiss.__version__}, default threads = {default_threads}\n")
     print(common.table(
         ["engine", "images", "FAISS threads", "queries", "k=10 p50 ms", "k=10 p99 ms",
          "within p50 ms", "within p99 ms", "found within", "index RSS MiB (raw features MiB)", "remove 1 id, ms"],
         rows,
     ))
-    print(f"\nphash k=10 queries carry 2 variants (image + mirror); color 1. within = search_within at "
+    print(f"\nphash k=10 queries carry 2 variants (image + mirror); color 1. within = threshold search at "
           f"{THRESHOLDS['phash']} bits (phash) / {THRESHOLDS['color']} L1 (color), queries are 1/4 of the k-NN ones "
           f"(at least 10). Target phash at 1M under 20 ms p50: "
           f"{'met' if target['knn_p50_ms'] < 20 else 'MISSED'} ({target['knn_p50_ms']:.1f} ms).")

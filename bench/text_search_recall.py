@@ -11,7 +11,7 @@ ranked first and the photo's tags (library.tags_of_id).
 
 Ablation, computed beside the engine with its own parts (nothing in src changes): the classifier's
 probabilities of each stored photo (image_classifier(...).classify on library.decode(...), the
-engine's decode), mixed as the engine does, normalise(p @ class_vectors), against the caption's
+engine's decode), mixed as the engine does, unit_rows(p @ class_vectors), against the caption's
 MiniLM embedding (text_encoder(...).embed). Class texts: "a photo of a {name}" only, the description
 only, or both embeddings summed (the engine's default; checked to reproduce its ranks). Probability
 temperature: p ** T renormalised, T = 1 (the engine), 0.5, 0.25.
@@ -33,9 +33,10 @@ import numpy as np
 from captions import load_captioned_photos
 from global_retrieval import models_dir
 
-from lookalike.engines.image_text import CLASSIFIER, _normalised
+from lookalike.engines.image_text import CLASSIFIER
 from lookalike.library import Library
 from lookalike.models.classifier import image_classifier, imagenet_class_texts
+from lookalike.models.runtime import unit_rows  # what the engine normalises its mixed vectors with
 from lookalike.models.text import text_encoder
 
 CACHE = Path.home() / ".cache/lookalike/bench/text_search"
@@ -125,11 +126,11 @@ def main() -> None:
         for power in POWERS:
             p = probabilities**power
             p /= p.sum(axis=1, keepdims=True)
-            images = _normalised(p @ vectors[kind])
+            images = unit_rows(p @ vectors[kind])
             similarity = queries @ images.T
             order = np.argsort(-similarity, axis=1, kind="stable")
             ablation[kind, power] = [int(np.flatnonzero(order[i] == i)[0]) + 1 for i in ids]
-    reproduced = float(np.abs(_normalised(probabilities @ vectors["both"]) - stored).max())
+    reproduced = float(np.abs(unit_rows(probabilities @ vectors["both"]) - stored).max())
 
     results = {
         "photos": photo_ids,

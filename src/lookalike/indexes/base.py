@@ -73,7 +73,7 @@ class IndexSetup:
     """What one engine's index is opened, built and trained with."""
 
     source: FeatureSource
-    files: Path  # the index's files are this path plus a suffix of the kind's choosing
+    files: Path | None  # the index's files: this path plus a suffix of the kind's; None: never saved
     nprobe: int = 16  # inverted lists a trained index scans per query
     # A points engine's exact check of two features: the number of matches one geometry explains.
     verify: Callable[[Any, Any], int] | None = None
@@ -86,7 +86,7 @@ class IndexSetup:
     @property
     def name(self) -> str:
         """The engine's name, as its index files are named."""
-        return self.files.name
+        return self.files.name if self.files else "the index"
 
     def file(self, suffix: str) -> Path:
         return self.files.with_name(self.files.name + suffix)
