@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import MemorySource
 
 from lookalike.errors import InvalidRequest
 from lookalike.features import FeatureSpec, TextLine, TextLines
@@ -16,25 +17,6 @@ from lookalike.indexes.text import MAX_QUERY_WORDS, TextIndex
 from lookalike.indexes.words import EXACT, ONE_EDIT, PREFIX, SOUND, SUBSTRING, TWO_EDITS
 
 SPEC = FeatureSpec("text", 0, "words")
-
-
-class MemorySource:
-    """A FeatureSource over a dict of image id -> TextLines."""
-
-    spec = SPEC
-
-    def __init__(self, texts: dict[int, TextLines] | None = None):
-        self.texts = dict(texts or {})
-
-    def read(self, ids=None):
-        wanted = sorted(self.texts) if ids is None else [i for i in ids if i in self.texts]
-        return np.array(wanted, np.int64), [self.texts[i] for i in wanted]
-
-    def ids(self):
-        return np.array(sorted(self.texts), np.int64)
-
-    def count(self):
-        return len(self.texts)
 
 
 def text(*lines) -> TextLines:
@@ -59,7 +41,7 @@ def scores(index: TextIndex, query: str) -> dict[int, float]:
 def make_index(tmp_path):
     def make(texts: dict[int, TextLines | str]) -> TextIndex:
         texts = {i: t if isinstance(t, TextLines) else text(t) for i, t in texts.items()}
-        return TextIndex.build(IndexSetup(MemorySource(texts), files=tmp_path / "text"))
+        return TextIndex.build(IndexSetup(MemorySource(SPEC, texts), files=tmp_path / "text"))
 
     return make
 
@@ -260,7 +242,7 @@ QUERIES = ["cafe", "RE16", "16XY", "restuarant", "fone", "Smyth", "東京", "駅
 
 def test_build_equals_adding_one_by_one(tmp_path, make_index):
     built = make_index(LIBRARY)
-    one_by_one = TextIndex(IndexSetup(MemorySource(), files=tmp_path / "other"))
+    one_by_one = TextIndex(IndexSetup(MemorySource(SPEC), files=tmp_path / "other"))
     for image_id in random.Random(0).sample(sorted(LIBRARY), len(LIBRARY)):
         one_by_one.add(np.array([image_id]), [text(LIBRARY[image_id])])
     assert one_by_one.stats() == built.stats()
@@ -288,7 +270,7 @@ def test_load_refuses_missing_foreign_and_broken_files(tmp_path, library):
     path = library.setup.file(".text")
     assert TextIndex.load(library.setup) is None  # not saved yet
     library.save(Marker("u", 1))
-    foreign = MemorySource()
+    foreign = MemorySource(SPEC)
     foreign.spec = FeatureSpec("text", 0, "words", model="other")
     assert TextIndex.load(IndexSetup(foreign, files=tmp_path / "text")) is None
     good = path.read_bytes()
@@ -376,7 +358,7 @@ def crowded(tmp_path_factory):
     rng = random.Random(0)
     made_up = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=rng.randint(2, 12))) for _ in range(5000)]
     texts = {i: text(" ".join(rng.choices(made_up, k=20))) for i in range(2000)}
-    return TextIndex.build(IndexSetup(MemorySource(texts), files=tmp_path_factory.mktemp("crowded") / "text"))
+    return TextIndex.build(IndexSetup(MemorySource(SPEC, texts), files=tmp_path_factory.mktemp("crowded") / "text"))
 
 
 @pytest.mark.parametrize("query", ABSURD, ids=range(len(ABSURD)))
