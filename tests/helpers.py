@@ -10,6 +10,9 @@ import numpy as np
 from lookalike.features import FeatureSpec
 from lookalike.library import Library
 
+# A text query per text-searchable engine, and the test photo it names.
+TEXT_QUERIES = {"image_text": ("a cup of coffee", "coffee"), "tags": ("espresso", "coffee")}
+
 
 class MemorySource:
     """One engine's features in memory, read as an index reads the store's (`indexes.FeatureSource`)."""

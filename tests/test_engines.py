@@ -15,7 +15,7 @@ import pytest
 import scipy.fft
 import skimage.data
 from conftest import MODELS_DIR
-from helpers import MemorySource
+from helpers import TEXT_QUERIES, MemorySource
 from photos import encode
 from PIL import Image, ImageEnhance, ImageOps
 
@@ -37,8 +37,6 @@ GOLDEN = {
     "image_text": {"top": [141, 1, 99, 102], "values": [0.16529, 0.14189, 0.1258, 0.12297], "sum": -0.2368},
     "tags": {"top": [794, 450, 560, 860], "values": [0.31288, 0.29422, 0.24264, 0.19074], "sum": 23.62929},
 }
-# A text query per text-searchable engine, and the photo it names.
-TEXT_QUERIES = {"image_text": ("a cup of coffee", "coffee"), "tags": ("espresso", "coffee")}
 
 
 def golden_photo() -> bytes:

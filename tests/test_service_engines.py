@@ -10,7 +10,7 @@ from functools import cache
 import pytest
 from conftest import MODELS_DIR
 from fastapi.testclient import TestClient
-from helpers import error, ok, upload
+from helpers import TEXT_QUERIES, error, ok, upload
 from photos import encode
 from photos import photos as load_photos
 
@@ -21,7 +21,6 @@ from lookalike.service.legacy import SERVICE_NAMES
 from lookalike.service.params import THRESHOLD_FIELDS
 
 PHOTOS = {"astronaut": 11, "chelsea": 12, "coffee": 13, "rocket": 14, "pexels-2560067": 15}
-TEXTS = {"image_text": ("a cup of coffee", "coffee"), "tags": ("espresso", "coffee")}
 
 
 @cache
@@ -88,7 +87,7 @@ def test_similar_to_a_stored_photo_leaves_it_out(service, engine):
 
 
 def test_a_text_finds_the_photo_it_names(service, engine):
-    text, photo = TEXTS.get(engine, ("a cat", None))
+    text, photo = TEXT_QUERIES.get(engine, ("a cat", None))
     generic = service.post(f"/engines/{engine}/search_text", json={"text": text, "k": 2})
     if not issubclass(ENGINES[engine], TextSearchable):
         assert "no text search" in error(generic, 422)

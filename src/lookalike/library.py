@@ -18,11 +18,9 @@ from PIL import Image
 from .decode import DEFAULT_MAX_PIXELS
 from .engines import Engine, EngineOptions, TextSearchable, create_engine, decode_for
 from .errors import InvalidRequest, LookalikeError, NotFound
-from .indexes import Hit, IndexSetup, Measure, Training
+from .indexes import DEFAULT_NPROBE, Hit, IndexSetup, Measure, Training
 from .indexes.manager import IndexManager
 from .store import MAX_IMAGE_ID, FeatureStore, ImageRecord
-
-DEFAULT_NPROBE = 16
 
 
 @dataclass(frozen=True)

@@ -192,11 +192,18 @@ class FeatureStore:
         with self._reading() as txn:
             db = self._features[engine]
             if image_ids is None:
-                found = [(key_id(key), value) for key, value in txn.cursor(db=db)]
+                found = ((key_id(key), value) for key, value in txn.cursor(db=db))
             else:
-                found = [(i, v) for i in image_ids if (v := txn.get(id_key(i), db=db)) is not None]
-            features = self.specs[engine].collect(value for _, value in found)
-        return np.array([i for i, _ in found], np.int64), features
+                found = ((i, v) for i in image_ids if (v := txn.get(id_key(i), db=db)) is not None)
+            ids = []
+
+            def values():  # one pass: a million features are not held twice, as pairs and as rows
+                for image_id, value in found:
+                    ids.append(image_id)
+                    yield value
+
+            features = self.specs[engine].collect(values())
+        return np.array(ids, np.int64), features
 
     def source(self, engine: str) -> "EngineFeatures":
         return EngineFeatures(self, engine)

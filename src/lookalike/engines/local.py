@@ -8,11 +8,11 @@ counts the matches a homography explains (MAGSAC++), which is the score.
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ..features import FeatureSpec, Keypoints
 from .base import Engine, EngineOptions
-from .describers import DESCRIBERS, create_describer
+from .describers import DescriberName, create_describer
 
 # Long side of the frame keypoints are found in. Larger finds smaller crops but costs time per image.
 WORKING_SIDE = 1024
@@ -30,14 +30,7 @@ MIN_MATCHES = 8  # fewer inliers than this are what a homography fits to chance
 
 
 class LocalOptions(EngineOptions):
-    descriptor: str = Field("rootsift", validation_alias="local_descriptor")
-
-    @field_validator("descriptor")
-    @classmethod
-    def registered(cls, name: str) -> str:
-        if name not in DESCRIBERS:
-            raise ValueError(f"unknown local descriptor {name!r}; choose one of {', '.join(DESCRIBERS)}")
-        return name
+    descriptor: DescriberName = Field("rootsift", validation_alias="local_descriptor")
 
 
 class LocalFeatures(Engine):

@@ -1,7 +1,7 @@
 """The registry of index kinds: each feature kind is indexed by one class that follows `Index`."""
 
 from ..features import FeatureSpec
-from .base import FeatureSource, Hit, Index, IndexSetup, Marker, Measure, Training
+from .base import DEFAULT_NPROBE, FeatureSource, Hit, Index, IndexSetup, Marker, Measure, Training
 from .points import PointIndex
 from .text import TextIndex
 from .vectors import VectorIndex
@@ -20,4 +20,15 @@ def index_kind(spec: FeatureSpec) -> type[Index]:
     return INDEX_KINDS[spec.kind]
 
 
-__all__ = ["INDEX_KINDS", "FeatureSource", "Hit", "Index", "IndexSetup", "Marker", "Measure", "Training", "index_kind"]
+__all__ = [
+    "DEFAULT_NPROBE",
+    "INDEX_KINDS",
+    "FeatureSource",
+    "Hit",
+    "Index",
+    "IndexSetup",
+    "Marker",
+    "Measure",
+    "Training",
+    "index_kind",
+]

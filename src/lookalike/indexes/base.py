@@ -15,6 +15,8 @@ import numpy as np
 
 from ..features import FeatureSpec
 
+DEFAULT_NPROBE = 16  # inverted lists a trained index scans per query
+
 
 class Measure(StrEnum):
     """What a hit's score counts, and so which way is better."""
@@ -74,7 +76,7 @@ class IndexSetup:
 
     source: FeatureSource
     files: Path | None  # the index's files: this path plus a suffix of the kind's; None: never saved
-    nprobe: int = 16  # inverted lists a trained index scans per query
+    nprobe: int = DEFAULT_NPROBE
     # A points engine's exact check of two features: the number of matches one geometry explains.
     verify: Callable[[Any, Any], int] | None = None
     text_queries: bool = False  # the engine also searches this index with embedded texts

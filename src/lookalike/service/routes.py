@@ -23,7 +23,7 @@ FileNameQuery = Annotated[str, Query(description="The file name the image was ad
 Hits = list[HitOut]
 
 
-def library(request: Request) -> Library:
+def library_of(request: Request) -> Library:
     return request.app.state.library
 
 
@@ -41,31 +41,31 @@ def hits_out(hits: list[Hit]) -> list[dict]:
 
 def add(request: Request, engines: list[str] | None, image: UploadFile, form: AddForm) -> dict:
     # Only an explicit file_name names the image: uploads from browsers are all called "blob".
-    library(request).add(form.image_id, read_upload(request, image), form.file_name or "", engines)
+    library_of(request).add(form.image_id, read_upload(request, image), form.file_name or "", engines)
     return {"image_id": form.image_id}
 
 
 def delete(request: Request, engines: list[str] | None, image_id: int | None, file_name: str | None = None) -> dict:
-    found = library(request)
-    image_id = found.id_for_name(file_name) if file_name is not None else image_id
-    return {"image_id": image_id, "deleted_from": found.delete(image_id, engines)}
+    library = library_of(request)
+    image_id = library.id_for_name(file_name) if file_name is not None else image_id
+    return {"image_id": image_id, "deleted_from": library.delete(image_id, engines)}
 
 
 def search_image(
     request: Request, engine: str, image: UploadFile, params: ImageSearchParams, original_names: bool = False
 ) -> list[dict]:
-    found = library(request)
-    k, threshold = params.for_engine(found.measure(engine), original_names)
+    library = library_of(request)
+    k, threshold = params.for_engine(library.measure(engine), original_names)
     data = read_upload(request, image)
-    return hits_out(found.similar_to_image(engine, data, k, threshold, params.mirrored, params.expansion()))
+    return hits_out(library.similar_to_image(engine, data, k, threshold, params.mirrored, params.expansion()))
 
 
 def search_id(
     request: Request, engine: str, image_id: int, params: SearchParams, original_names: bool = False
 ) -> list[dict]:
-    found = library(request)
-    k, threshold = params.for_engine(found.measure(engine), original_names)
-    return hits_out(found.similar_to_id(engine, image_id, k, threshold, params.expansion()))
+    library = library_of(request)
+    k, threshold = params.for_engine(library.measure(engine), original_names)
+    return hits_out(library.similar_to_id(engine, image_id, k, threshold, params.expansion()))
 
 
 # -- every engine at once ------------------------------------------------------------------------
@@ -94,13 +94,13 @@ def search_everywhere(
     """Every engine's answer for one image. A distance threshold bounds the engines scored by distance;
     local features then return every verified match (min_matches bounds them)."""
     k, thresholds = params.for_every_engine()
-    found = library(request).search_all(read_upload(request, image), k, thresholds, params.mirrored)
+    found = library_of(request).search_all(read_upload(request, image), k, thresholds, params.mirrored)
     return {name: hits_out(hits) for name, hits in found.items()}
 
 
 @router.get("/stats", tags=["service"])
 def stats(request: Request):
-    return library(request).stats()
+    return library_of(request).stats()
 
 
 @router.get("/health", tags=["service"])
@@ -145,9 +145,9 @@ def similar_to_image(
 @router.post("/engines/{engine}/search_text", tags=["one engine"], response_model_exclude_none=True)
 def similar_to_text(request: Request, engine: EngineName, body: SimilarToText) -> Hits:
     """Stored images a text describes (image_text), or that carry the tags it names (tags)."""
-    found = library(request)
-    k, threshold = body.for_engine(found.measure(engine))
-    return hits_out(found.similar_to_text(engine, body.text, k, threshold, body.expansion()))
+    library = library_of(request)
+    k, threshold = body.for_engine(library.measure(engine))
+    return hits_out(library.similar_to_text(engine, body.text, k, threshold, body.expansion()))
 
 
 # -- tags ----------------------------------------------------------------------------------------
@@ -156,9 +156,9 @@ def similar_to_text(request: Request, engine: EngineName, body: SimilarToText) -
 @router.post("/get_image_tags", tags=["tags"])
 def image_tags(request: Request, image: ImageFile) -> list[str]:
     """The tags of an uploaded image (not stored): what the classifier is confident it shows."""
-    return library(request).tags_of_image(read_upload(request, image))
+    return library_of(request).tags_of_image(read_upload(request, image))
 
 
 @router.get("/images/{image_id}/tags", tags=["tags"])
 def stored_tags(request: Request, image_id: ImageIdPath) -> list[str]:
-    return library(request).tags_of_id(image_id)
+    return library_of(request).tags_of_id(image_id)
