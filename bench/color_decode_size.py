@@ -1,6 +1,6 @@
 """Does the color engine's small decode change its histogram? L1 to the full-resolution histogram.
 
-lookalike computes the 8x8x8 RGB histogram on a small decode: engines.decode_for([color], data)
+lookalike computes the 8x8x8 RGB histogram on a small decode: engines.decode_for_engine(color, data)
 (JPEG draft decode at 1/2..1/8 scale keeping the shorter side >= ColorHistogram.decode_side, other
 formats reduced by whole factors), then ColorHistogram.extract, which nearest-neighbour downscales to
 a shorter side of lookalike.engines.color.SIDE. Both are read from the engine, not hard-coded.
@@ -27,7 +27,7 @@ import numpy as np
 
 import common
 from lookalike.decode import DEFAULT_MAX_PIXELS, decode
-from lookalike.engines import create_engine, decode_for
+from lookalike.engines import create_engine, decode_for_engine
 from lookalike.engines.color import BINS, SIDE
 
 ENGINE = create_engine("color")
@@ -43,7 +43,7 @@ def full_histogram(data: bytes) -> np.ndarray:
 def compare(blobs: dict[str, bytes]) -> dict:
     small, full, sizes = [], [], []
     for data in blobs.values():
-        image = decode_for([ENGINE], data, DEFAULT_MAX_PIXELS)
+        image = decode_for_engine(ENGINE, data, DEFAULT_MAX_PIXELS)
         sizes.append(min(image.size))
         small.append(ENGINE.extract(image).astype(np.float64))
         full.append(full_histogram(data))

@@ -2,7 +2,7 @@
 
 Photos: the 149 real photos of copy_detection.py (46 test photos + 103 mvtb photos), each JPEG q90 at
 its own size, embedded by the global engine (EfficientNet-Lite2, the default) through its real path
-(JPEG -> engines.decode_for -> GlobalFeatures.extract_many). Queries: the mvtb photos that belong to a
+(JPEG -> engines.decode_for_engine -> GlobalFeatures.extract_many). Queries: the mvtb photos that belong to a
 multi-view group below (the same scene from another viewpoint, another frame, or an overlapping
 tile); a query's positives are the other members of its group, everything else is a negative,
 except "junk": photos of a neighbouring group that show part of the same view, which are left out
@@ -50,7 +50,7 @@ import common
 import faiss
 import numpy as np
 
-from lookalike.engines import create_engine, decode_for
+from lookalike.engines import create_engine, decode_for_engine
 from lookalike.indexes import IndexSetup
 from lookalike.indexes.templates import train_template
 from lookalike.indexes.vectors import VectorIndex
@@ -111,7 +111,7 @@ def embed(engine, jpegs: list[bytes], batch: int = 16) -> np.ndarray:
     """The engine's features of JPEG bytes, through its real path, in batches."""
     found = []
     for start in range(0, len(jpegs), batch):
-        images = [decode_for([engine], data, MAX_PIXELS) for data in jpegs[start : start + batch]]
+        images = [decode_for_engine(engine, data, MAX_PIXELS) for data in jpegs[start : start + batch]]
         found += engine.extract_many(images)
     return np.stack(found).astype(np.float32)
 

@@ -8,7 +8,7 @@ and the chessboard calibration series (the room of mvtb/calibration). Per source
 3x3 and 4x4 tiles plus enough random crops (20-60% of the area) to reach the count, each with some
 of: rotation 3-12 degrees, a per-channel colour gain 0.8-1.2, a downscale to 50-80%, a mirror.
 A seeded subset of `--distractors` of them is used. Every stored image goes through the real path:
-JPEG q90 -> `engines.decode_for` -> `engine.extract`, in a pool of 2 processes (one thread each),
+JPEG q90 -> `engines.decode_for_engine` -> `engine.extract`, in a pool of 2 processes (one thread each),
 then `Library.add_many` in batches of 500 into a Library(tmp, ["local"]) with the descriptor chosen.
 
 Queries, one each per original (random position, seeded), JPEG q90, searched with
@@ -49,7 +49,7 @@ import skimage.data
 from PIL import Image, ImageOps
 
 import common
-from lookalike.engines import create_engine, decode_for
+from lookalike.engines import create_engine, decode_for_engine
 from lookalike.features import Keypoints
 from lookalike.library import Library
 from lookalike.store import ImageRecord
@@ -221,7 +221,7 @@ def _extract(task: tuple) -> tuple[np.ndarray, np.ndarray, float]:
         payload = common.jpeg(make_distractor(_WORKER["sources"][payload[0]], payload))
     engine = _WORKER["engine"]
     started = time.process_time()
-    feature = engine.extract(decode_for([engine], payload, MAX_PIXELS))
+    feature = engine.extract(decode_for_engine(engine, payload, MAX_PIXELS))
     return feature.xy, feature.descriptors, time.process_time() - started
 
 

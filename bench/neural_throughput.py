@@ -41,7 +41,7 @@ import psutil
 from global_retrieval import models_dir
 
 from lookalike.decode import decode
-from lookalike.engines import create_engine, decode_for
+from lookalike.engines import create_engine, decode_for, decode_for_engine
 from lookalike.models import runtime
 from lookalike.models.classifier import CLASSIFIERS, ImageClassifier
 from lookalike.models.text import TextEncoder
@@ -64,7 +64,7 @@ def decoded_photos(model: str, count: int = IMAGES) -> list:
     common.gallery_jpegs()  # makes the cache on first use
     paths = sorted((common.CACHE_DIR / "gallery").glob("*.jpg"))[:count]
     engine = create_engine("global", {"model": model, "models_dir": models_dir()})
-    images = [decode_for([engine], path.read_bytes(), MAX_PIXELS) for path in paths]
+    images = [decode_for_engine(engine, path.read_bytes(), MAX_PIXELS) for path in paths]
     return [images[i % len(images)] for i in range(count)]
 
 
@@ -155,9 +155,9 @@ def child_memory(what: str) -> dict:
         ]
         found["loaded_rss"] = process.memory_info().rss
         path = sorted((common.CACHE_DIR / "gallery").glob("*.jpg"))[0]
-        image = decode_for(engines, path.read_bytes(), MAX_PIXELS)
+        images = decode_for(engines, path.read_bytes(), MAX_PIXELS)
         for engine in engines:
-            engine.extract(image)
+            engine.extract(images[engine.name])
         found["after_batch_1_rss"] = process.memory_info().rss
     found["peak_rss"] = peak_rss()
     found["final_rss"] = process.memory_info().rss

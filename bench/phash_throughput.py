@@ -4,7 +4,7 @@ The 46 test photos (scikit-image's 7 + the 39 interior photos) are resized to 40
 for portrait) and re-encoded as JPEG quality 90. Three pipelines run over the same bytes, in the
 same process, pinned to one CPU with OMP/OPENBLAS/MKL threads set to 1:
 
-  (a) lookalike: engines.decode_for([phash], data, max_pixels) then engine.extract(image)
+  (a) lookalike: engines.decode_for_engine(phash, data, max_pixels) then engine.extract(image)
       (JPEG draft decode at 1/2..1/8 scale, then grey, 96x96 Lanczos, two 24x96 DCT products);
   (b) the plain reference: full PIL decode, ImageOps.exif_transpose, convert("L"),
       resize((96, 96), LANCZOS), scipy.fft.dct type 2 on axis 0 then 1, top-left 24x24 > median,
@@ -34,7 +34,7 @@ from PIL import Image, ImageOps  # noqa: E402
 
 import common  # noqa: E402
 from lookalike.decode import DEFAULT_MAX_PIXELS  # noqa: E402
-from lookalike.engines import create_engine, decode_for  # noqa: E402
+from lookalike.engines import create_engine, decode_for_engine  # noqa: E402
 
 ENGINE = create_engine("phash")
 
@@ -42,7 +42,7 @@ ENGINE = create_engine("phash")
 def lookalike_hash(data: bytes) -> tuple[np.ndarray, float]:
     """(hash, seconds spent decoding)"""
     started = time.perf_counter()
-    image = decode_for([ENGINE], data, DEFAULT_MAX_PIXELS)
+    image = decode_for_engine(ENGINE, data, DEFAULT_MAX_PIXELS)
     decoded = time.perf_counter()
     return ENGINE.extract(image), decoded - started
 

@@ -104,7 +104,8 @@ def main() -> None:
             ranks.append(rank_of(ranking, image_id))
             first.append(ranking[0])
             tags.append(lib.tags_of_id(image_id))
-        probabilities = np.vstack([classifier.classify([lib.decode(d, ["image_text"])]).probabilities for d in jpegs])
+        images = [lib.decode(d, ["image_text"])["image_text"] for d in jpegs]
+        probabilities = np.vstack([classifier.classify([image]).probabilities for image in images])
         stored = np.vstack([lib.store.feature("image_text", i) for i in ids])
         names = lib.engines["tags"].names
         tag_rows = []

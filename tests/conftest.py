@@ -12,6 +12,7 @@ MODELS_DIR = Path(os.environ.setdefault("LOOKALIKE_MODELS_DIR", tempfile.mkdtemp
 
 # The local engine's gallery, shared by test_local_engine.py and test_point_index.py: fixtures defined
 # here are built once per session, not once per module that imports them (the build takes a minute).
+from helpers import LOCAL_URL  # noqa: E402
 from local_gallery import crop_queries, local_gallery, local_gallery_dir  # noqa: E402, F401
 from photos import photos as load_photos  # noqa: E402
 
@@ -45,5 +46,5 @@ def settings(tmp_path):
 
 @pytest.fixture
 def client(settings):
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL_URL) as client:
         yield client

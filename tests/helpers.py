@@ -10,6 +10,8 @@ import numpy as np
 from lookalike.features import FeatureSpec
 from lookalike.library import Library
 
+# The service answers only to trusted host names: loopback ones by default (TestClient's is "testserver").
+LOCAL_URL = "http://localhost"
 # A text query per text-searchable engine, and the test photo it names.
 TEXT_QUERIES = {"image_text": ("a cup of coffee", "coffee"), "tags": ("espresso", "coffee")}
 

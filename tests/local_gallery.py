@@ -19,6 +19,7 @@ from photos import encode, opencv_sample
 from photos import photos as load_photos
 from PIL import Image
 
+from lookalike.engines import decode_for_engine
 from lookalike.library import Library
 from lookalike.store import ImageRecord
 
@@ -133,6 +134,4 @@ def local_gallery(local_gallery_dir, tmp_path_factory):
 def crop_queries(local_gallery) -> dict[str, list]:
     """Each crop's query variants, made as a search makes them (JPEG upload, decoded, extracted): once."""
     engine = local_gallery.engines["local"]
-    return {
-        name: engine.query_variants(local_gallery.decode(encode(crop), ["local"])) for name, crop in crops().items()
-    }
+    return {name: engine.query_variants(decode_for_engine(engine, encode(crop))) for name, crop in crops().items()}

@@ -8,7 +8,7 @@ feature is the names of the colours that cover much of it, and a typed colour na
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import error, ok
+from helpers import LOCAL_URL, error, ok
 from photos import encode
 from PIL import Image
 from typer.testing import CliRunner
@@ -79,7 +79,7 @@ def ids(hits: list) -> list[int]:
 
 
 def test_a_registered_engine_is_served_by_every_route(settings):
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(create_app(settings), base_url=LOCAL_URL, raise_server_exceptions=False) as client:
         ok(upload(client, "/images", IMAGES[1], image_id=1, file_name="flag-1"), 201)
         ok(upload(client, "/engines/colour_words/images", IMAGES[2], image_id=2), 201)
         ok(upload(client, "/calculate_colour_words_features", IMAGES[3], image_id=3))
@@ -113,7 +113,7 @@ def test_a_registered_engine_is_served_by_every_route(settings):
         assert ids(ok(client.post("/engines/colour_words/search_text", json={"text": "red", "k": 10}))) == []
         paths = ok(client.get("/openapi.json"))["paths"]
         assert "colour_words" in paths["/calculate_colour_words_features"]["post"]["tags"][0]
-    with TestClient(create_app(settings)) as client:  # saved at shutdown, loaded at start
+    with TestClient(create_app(settings), base_url=LOCAL_URL) as client:  # saved at shutdown, loaded at start
         assert ok(client.get("/stats"))["engines"]["colour_words"] == {"features": 2, "indexed": 2, "words": 3}
         assert ids(ok(client.post("/engines/colour_words/search_text", json={"text": "yellow", "k": 5}))) == [2]
 

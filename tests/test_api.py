@@ -13,7 +13,7 @@ from functools import cache
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import error, ok
+from helpers import LOCAL_URL, error, ok
 from photos import encode
 from photos import photos as load_photos
 from PIL import Image, ImageOps
@@ -166,7 +166,7 @@ def add_gallery(client, names=GALLERY) -> None:
 
 
 def service(settings: Settings) -> TestClient:
-    return TestClient(create_app(settings), raise_server_exceptions=False)
+    return TestClient(create_app(settings), base_url=LOCAL_URL, raise_server_exceptions=False)
 
 
 # -- fixtures --------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ ALLOWED_IMPORTS = {
     "config": {"engines"},
     "service": {"config", "engines", "errors", "indexes", "library", "store"},
     "cli": {"config", "duplicates", "errors", "indexer", "indexes", "library", "service"},
-    "indexer": {"library", "store", "worker"},
+    "indexer": {"errors", "library", "store", "worker"},
     "worker": {"decode", "engines", "errors", "models"},
     "__main__": {"cli"},
 }

@@ -20,7 +20,7 @@ from photos import encode
 from PIL import Image, ImageEnhance, ImageOps
 
 from lookalike.decode import decode
-from lookalike.engines import ENGINES, TextSearchable, create_engine, decode_for
+from lookalike.engines import ENGINES, TextSearchable, create_engine, decode_for_engine
 from lookalike.engines.color import SIDE
 from lookalike.errors import InvalidRequest
 from lookalike.features import Keypoints
@@ -47,7 +47,7 @@ def golden_photo() -> bytes:
 
 def golden(engine) -> object:
     """A summary of the golden photo's feature, to compare with a tolerance that survives CPU dispatch."""
-    feature = engine.extract(decode_for([engine], golden_photo(), MAX_PIXELS))
+    feature = engine.extract(decode_for_engine(engine, golden_photo()))
     if isinstance(feature, Keypoints):
         return {
             "keypoints": len(feature),
@@ -61,7 +61,7 @@ def golden(engine) -> object:
 
 
 def features(engine, image: Image.Image) -> np.ndarray:
-    return engine.extract(decode_for([engine], encode(image), MAX_PIXELS))
+    return engine.extract(decode_for_engine(engine, encode(image)))
 
 
 def distance(engine, a: np.ndarray, b: np.ndarray) -> float:
@@ -113,7 +113,7 @@ class TestEveryEngine:
             assert not same_image(engine, features(engine, photos["astronaut"]), features(engine, photos[other]))
 
     def test_query_variants_start_with_the_feature(self, engine, photos):
-        image = decode_for([engine], encode(photos["chelsea"]), MAX_PIXELS)
+        image = decode_for_engine(engine, encode(photos["chelsea"]))
         assert equal(engine.query_variants(image)[0], engine.extract(image))
 
     def test_golden_value(self, engine):
@@ -130,7 +130,7 @@ class TestEveryEngine:
             assert found["sum"] == pytest.approx(expected["sum"], abs=1e-3)
 
     def test_a_batch_gives_what_one_at_a_time_gives(self, engine, photos):
-        images = [decode_for([engine], encode(photos[name]), MAX_PIXELS) for name in ["rocket", "pexels-2560067"]]
+        images = [decode_for_engine(engine, encode(photos[name])) for name in ["rocket", "pexels-2560067"]]
         batch = engine.extract_many(images)
         assert len(batch) == 2
         for together, alone in zip(batch, [engine.extract(image) for image in images]):
@@ -181,7 +181,7 @@ class TestPHash:
         engine = create_engine("phash")
         for name, photo in photos.items():
             data = encode(photo)
-            fast = engine.extract(decode_for([engine], data, MAX_PIXELS))
+            fast = engine.extract(decode_for_engine(engine, data))
             assert fast.shape == (72,)
             assert distance(engine, fast, reference_phash(data)) <= 8, name
 
@@ -214,7 +214,7 @@ class TestPHash:
 
     def test_mirror_variant_is_the_mirrored_hash(self, photos):
         engine = create_engine("phash")
-        image = decode_for([engine], encode(photos["rocket"]), MAX_PIXELS)
+        image = decode_for_engine(engine, encode(photos["rocket"]))
         plain, mirrored = engine.query_variants(image)
         assert np.array_equal(mirrored, engine.extract(ImageOps.mirror(image)))
         assert distance(engine, plain, mirrored) > 64
@@ -231,7 +231,7 @@ class TestColor:
         small, full = [], []
         for photo in photos.values():
             data = encode(photo)
-            small.append(engine.extract(decode_for([engine], data, MAX_PIXELS)))
+            small.append(engine.extract(decode_for_engine(engine, data)))
             pixels = np.asarray(decode(data)).reshape(-1, 3) >> 5
             counts = np.bincount(pixels[:, 0].astype(int) * 64 + pixels[:, 1] * 8 + pixels[:, 2], minlength=512)
             full.append(counts / len(pixels))

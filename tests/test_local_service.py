@@ -9,7 +9,7 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import lookalike, ok, upload
+from helpers import LOCAL_URL, lookalike, ok, upload
 from local_gallery import flat_images, sample_png, small, small_crop
 from photos import encode
 from PIL import Image, ImageOps
@@ -34,7 +34,7 @@ def client(tmp_path):
         max_upload_bytes=5 * 2**20,
         max_pixels=40_000_000,
     )
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(create_app(settings), base_url=LOCAL_URL, raise_server_exceptions=False) as client:
         yield client
 
 

@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import MODELS_DIR
+from helpers import LOCAL_URL
 from photos import encode
 from PIL import Image, ImageOps
 
@@ -254,7 +255,7 @@ def service(tmp_path_factory, photos):
     from lookalike.service import create_app
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("service"), engines=["phash", *NEURAL], models_dir=MODELS_DIR)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL_URL) as client:
         for image_id, name in enumerate(["astronaut", "chelsea", "coffee", "rocket", "motorcycle_left"]):
             response = client.post(
                 "/images",

@@ -10,7 +10,7 @@ from functools import cache
 import pytest
 from conftest import MODELS_DIR
 from fastapi.testclient import TestClient
-from helpers import TEXT_QUERIES, error, ok, upload
+from helpers import LOCAL_URL, TEXT_QUERIES, error, ok, upload
 from photos import encode
 from photos import photos as load_photos
 
@@ -33,7 +33,7 @@ def jpeg(name: str) -> bytes:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("every-engine"), engines=list(ENGINES), models_dir=MODELS_DIR)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(create_app(settings), base_url=LOCAL_URL, raise_server_exceptions=False) as client:
         for name, image_id in PHOTOS.items():
             ok(upload(client, "/images", jpeg(name), image_id=image_id, file_name=name), 201)
         yield client

@@ -15,7 +15,7 @@ from rich.text import Text
 from . import indexer
 from .config import Settings
 from .duplicates import duplicate_groups
-from .errors import LookalikeError
+from .errors import LookalikeError, StorageFull
 from .indexes import Hit
 from .library import Library
 
@@ -62,8 +62,6 @@ def index(
         task = progress.add_task("index", total=None)
 
         def done(job: indexer.Job, error: str | None) -> None:
-            if error:
-                progress.console.print(f"[yellow]skipped[/] {job.path}: {error}")
             progress.advance(task)
 
         try:
@@ -78,12 +76,21 @@ def index(
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: what was indexed is saved; run the same command to resume")
             raise typer.Exit(130) from None
+        except StorageFull as exc:
+            console.print(
+                f"[red]error:[/] {exc.message}\nwhat was indexed before is saved; run the same command to resume"
+            )
+            raise typer.Exit(1) from None
         if library.due_for_training():
             with console.status("training the local features index (once; it keeps searches fast)"):
                 library.maintain()
+    for path, error in report.failed:
+        console.print(f"[yellow]skipped[/] {path}: {error}")
+    for path, image_id in report.taken:
+        console.print(f"[yellow]left alone[/] {path}: the API added image {image_id} with this file name")
     console.print(
         f"indexed {report.indexed}, unchanged {report.unchanged}, removed {report.removed} (gone from disk), "
-        f"failed {len(report.failed)}"
+        f"failed {len(report.failed)}, left alone {len(report.taken)} (added through the API)"
     )
     if report.failed:
         console.print("failed files were left out; fix or remove them and run index again to retry")
@@ -186,13 +193,16 @@ def serve(
     data_dir: DataDir = None,
     host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: 8000].")] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="Listen beyond loopback without an API key (a proxy in front guards it).")
+    ] = False,
 ) -> None:
-    """Run the HTTP service (OpenAPI docs at /docs)."""
+    """Run the HTTP service (OpenAPI docs at /docs). Beyond loopback it needs LOOKALIKE_API_KEY."""
     import uvicorn
 
     from .service import create_app
 
-    settings = _settings(data_dir, host=host, port=port)
+    settings = _settings(data_dir, host=host, port=port, insecure=insecure or None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     console.print(f"lookalike: data in {settings.data_dir}, serving http://{settings.host}:{settings.port}/docs")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port)

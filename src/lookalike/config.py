@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .engines import ENGINES, EngineOptions
@@ -27,9 +27,35 @@ class Settings(BaseSettings):
         description="Engines to serve, by registered name.",
     )
     host: str = Field(default="127.0.0.1", description="Address the service binds to.")
+    api_key: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="A secret clients send as the X-API-Key header: needed for writes, and for everything "
+        "when the service listens beyond loopback (where the service refuses to start without one).",
+    )
+    insecure: bool = Field(
+        default=False, description="Listen beyond loopback without an API key (a proxy in front guards it)."
+    )
+    trusted_hosts: list[str] | None = Field(
+        default=None,
+        description='Host names the service answers to ("*": any) [default: loopback names and the bound '
+        "address; any name when bound to 0.0.0.0 or ::].",
+    )
+    cors_origins: list[str] = Field(
+        default=[], description="Web origins (https://gallery.example) whose pages may call the service."
+    )
     port: int = Field(default=8000, ge=1, le=65535, description="Port the service listens on.")
     max_upload_bytes: int = Field(default=100 * 2**20, gt=0, description="Largest accepted upload.")
     max_pixels: int = Field(default=200_000_000, gt=0, description="Largest accepted image, in pixels.")
+    decode_budget_pixels: int = Field(
+        default=200_000_000,
+        gt=0,
+        description="Pixels the service decodes at once, over all requests (about 3-4 bytes of memory each): "
+        "a request waits while others hold the budget. An image larger than the budget decodes alone.",
+    )
+    decode_wait_seconds: float = Field(
+        default=60.0, gt=0, description="How long a request waits for decode budget before a 503 with Retry-After."
+    )
     checkpoint_seconds: float = Field(
         default=60.0, gt=0, description="How often changed indexes are saved; the journal covers the gap."
     )

@@ -44,3 +44,19 @@ class ModelUnavailable(LookalikeError):
     service itself is fine and the fix is on the operator's side."""
 
     status = 503
+
+
+class Busy(LookalikeError):
+    """The server cannot take this now (too many large images decoding at once): try again later."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 5):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StorageFull(LookalikeError):
+    """The data directory's disk is full: nothing was written; free space and retry."""
+
+    status = 507

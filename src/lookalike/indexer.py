@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from . import worker
-from .library import Library
+from .errors import LookalikeError
+from .library import Library, check_file_name
 from .store import ImageRecord
 
 IMAGE_SUFFIXES = set(".jpg .jpeg .jpe .png .webp .gif .bmp .tif .tiff .heic .heif .avif".split())
@@ -37,6 +38,9 @@ class Plan:
     jobs: list[Job] = field(default_factory=list)
     unchanged: int = 0
     missing: list[int] = field(default_factory=list)
+    # Files whose path is the file_name of an image added through the API: that image is not `index`'s.
+    taken: list[tuple[Path, int]] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Report:
     unchanged: int = 0
     removed: int = 0
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    taken: list[tuple[Path, int]] = field(default_factory=list)
 
 
 def scan(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
@@ -58,16 +63,27 @@ def scan(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
 
 def plan(library: Library, root: Path) -> Plan:
     """What to (re)index: new and changed files, files missing an engine's feature (an engine was
-    added to the library), with ids; stored files under `root` now gone."""
+    added to the library), with ids; files `index` stored under `root`, now gone. Images added through
+    the API are never touched, even where their file_name is a path under `root`."""
     root = root.resolve()
-    stored = {record.file_name: record for record in library.store.records()}
+    records = library.store.records()
+    stored = {record.file_name: record for record in records if record.from_folder}
+    added_by_api = {record.file_name: record.image_id for record in records if not record.from_folder}
     complete = set.intersection(*(set(library.store.feature_ids(name).tolist()) for name in library.engines))
     found = list(scan(root))
-    used_ids = {record.image_id for record in stored.values()}
+    used_ids = {record.image_id for record in records}
     numeric = {int(p.stem) for p, _ in found if p.stem.isdigit() and int(p.stem) < 2**63}
     next_free = max(used_ids | numeric, default=-1) + 1
     result = Plan()
     for path, stat in found:
+        try:
+            check_file_name(str(path))
+        except LookalikeError as exc:
+            result.failed.append((path, exc.message))
+            continue
+        if str(path) in added_by_api:
+            result.taken.append((path, added_by_api[str(path)]))
+            continue
         record = stored.get(str(path))
         if record is not None:
             if (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns) and record.image_id in complete:
@@ -96,7 +112,7 @@ def run(
 ) -> Report:
     """Index `root`; `on_done` is called once per job with an error message or None."""
     todo = plan(library, root)
-    report = Report(unchanged=todo.unchanged, removed=len(todo.missing))
+    report = Report(unchanged=todo.unchanged, removed=len(todo.missing), failed=todo.failed, taken=todo.taken)
     if todo.missing:
         library.delete_many(todo.missing)
     on_start(len(todo.jobs))

@@ -7,6 +7,7 @@ always equal the committed store; CPU work (decoding, feature extraction) happen
 """
 
 import fcntl
+import logging
 import os
 import threading
 from dataclasses import dataclass, replace
@@ -15,12 +16,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .decode import DEFAULT_MAX_PIXELS
-from .engines import Engine, EngineOptions, TextSearchable, create_engine, decode_for
+from .decode import DEFAULT_MAX_PIXELS, UNLIMITED, DecodeBudget
+from .engines import Engine, EngineOptions, TextSearchable, create_engine, decode_for, decode_for_engine
 from .errors import InvalidRequest, LookalikeError, NotFound
 from .indexes import DEFAULT_NPROBE, Hit, IndexSetup, Measure, Training
 from .indexes.manager import IndexManager
-from .store import MAX_IMAGE_ID, FeatureStore, ImageRecord
+from .store import MAX_FILE_NAME_BYTES, MAX_IMAGE_ID, FeatureStore, ImageRecord
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Library:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         engine_options: dict[str, EngineOptions | dict] | None = None,
         nprobe: int = DEFAULT_NPROBE,
+        decode_budget: DecodeBudget = UNLIMITED,
     ):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -48,6 +52,10 @@ class Library:
                 name: create_engine(name, (engine_options or {}).get(name)) for name in engines
             }
             self.max_pixels = max_pixels
+            self.decode_budget = decode_budget
+            # Extraction is CPU work: more at once than cores gains nothing, and each takes memory (SIFT's
+            # pyramids of a 1024-px image, about 230 MB), so requests past the core count wait their turn.
+            self._extracting = threading.BoundedSemaphore(os.cpu_count() or 1)
             self.store = FeatureStore(self.data_dir / "store", {n: e.spec for n, e in self.engines.items()})
             self._write_lock = threading.Lock()
             (self.data_dir / "indexes").mkdir(exist_ok=True)
@@ -60,7 +68,14 @@ class Library:
 
     @classmethod
     def from_settings(cls, settings) -> "Library":
-        return cls(settings.data_dir, settings.engines, settings.max_pixels, settings.engine_options(), settings.nprobe)
+        return cls(
+            settings.data_dir,
+            settings.engines,
+            settings.max_pixels,
+            settings.engine_options(),
+            settings.nprobe,
+            DecodeBudget(settings.decode_budget_pixels, settings.decode_wait_seconds),
+        )
 
     def _index_setups(self, nprobe: int) -> dict[str, IndexSetup]:
         return {
@@ -81,19 +96,22 @@ class Library:
         for engine in self.engines.values():
             engine.prepare()
 
-    def decode(self, data: bytes, engines: list[str]) -> Image.Image:
-        return decode_for([self.engines[name] for name in engines], data, self.max_pixels)
+    def decode(self, data: bytes, engines: list[str]) -> dict[str, Image.Image]:
+        """Each engine's image, the same whichever engines share the call (`decode.decode_views`)."""
+        return decode_for([self.engines[name] for name in engines], data, self.max_pixels, self.decode_budget)
 
     def extract(self, data: bytes, engines: list[str] | None = None) -> dict:
         engines = self._engine_names(engines)
-        image = self.decode(data, engines)
-        return {name: self.engines[name].extract(image) for name in engines}
+        images = self.decode(data, engines)
+        with self._extracting:
+            return {name: self.engines[name].extract(images[name]) for name in engines}
 
     # -- writes ----------------------------------------------------------------------------------
 
     def add(self, image_id: int, data: bytes, file_name: str = "", engines: list[str] | None = None) -> None:
         """Add one image to `engines` (all by default): all of them or, on any error, none."""
         check_image_id(image_id)
+        check_file_name(file_name)
         features = self.extract(data, engines)
         with self._write_lock:
             self.store.add(ImageRecord(image_id, file_name), features)
@@ -127,7 +145,8 @@ class Library:
                 index.remove(image_ids)
 
     def id_for_name(self, file_name: str) -> int:
-        image_id = self.store.id_for_name(file_name)
+        check_file_name(file_name)
+        image_id = self.store.id_for_name(file_name) if file_name else None
         if image_id is None:
             raise NotFound(f"no image has the file name {file_name!r}")
         return image_id
@@ -168,8 +187,9 @@ class Library:
     ) -> list[Hit]:
         """Stored images like an uploaded one; `mirrored` also searches with its mirror image."""
         self._engine_names([engine])
-        image = self.decode(data, [engine])
-        variants = self.engines[engine].query_variants(image, mirrored)
+        image = decode_for_engine(self.engines[engine], data, self.max_pixels, self.decode_budget)
+        with self._extracting:
+            variants = self.engines[engine].query_variants(image, mirrored)
         if expansion:
             variants = [self._expanded(engine, variant, expansion) for variant in variants]
         return self._search(engine, variants, k, threshold)
@@ -195,16 +215,19 @@ class Library:
     ) -> dict[str, list[Hit]]:
         """Each engine's answer for one uploaded image, decoded once. An engine gets the threshold of its
         own measure; one without (local, when only a distance is given) returns every hit it verifies."""
-        image = self.decode(data, list(self.engines))
+        images = self.decode(data, list(self.engines))
+        with self._extracting:
+            variants = {name: engine.query_variants(images[name], mirrored) for name, engine in self.engines.items()}
         thresholds = thresholds or {}
         return {
-            name: self._search(name, engine.query_variants(image, mirrored), k, thresholds.get(self.measure(name)))
-            for name, engine in self.engines.items()
+            name: self._search(name, variants[name], k, thresholds.get(self.measure(name))) for name in self.engines
         }
 
     def tags_of_image(self, data: bytes) -> list[str]:
         tagger = self._tagger()
-        return tagger.tags(tagger.extract(self.decode(data, [tagger.name])))
+        image = decode_for_engine(tagger, data, self.max_pixels, self.decode_budget)
+        with self._extracting:
+            return tagger.tags(tagger.extract(image))
 
     def tags_of_id(self, image_id: int) -> list[str]:
         check_image_id(image_id)
@@ -217,7 +240,8 @@ class Library:
     def _search(self, engine: str, queries: list, k: int | None, threshold: float | None) -> list[Hit]:
         hits = self.indexes[engine].search(queries, k, threshold)
         names = self.store.names_for([hit.image_id for hit in hits])
-        return [replace(hit, file_name=name or "") for hit, name in zip(hits, names)]
+        # An image deleted since the index answered has no record now: it is not a result.
+        return [replace(hit, file_name=name) for hit, name in zip(hits, names) if name is not None]
 
     def _expanded(self, engine: str, query: np.ndarray, expansion: QueryExpansion, itself: int | None = None):
         """Alpha query expansion: the query plus its nearest stored vectors, each weighted by its
@@ -265,9 +289,13 @@ class Library:
         }
 
     def close(self) -> None:
-        self.checkpoint()
-        self.store.close()
-        self._lock_file.close()
+        try:
+            self.checkpoint()
+        except OSError as exc:  # a full disk: the journal still holds what the unsaved indexes lack
+            log.warning("indexes not saved (%s); they catch up from the store's journal at the next start", exc)
+        finally:
+            self.store.close()
+            self._lock_file.close()
 
     def __enter__(self) -> "Library":
         return self
@@ -290,6 +318,15 @@ class Library:
 def check_image_id(image_id: int) -> None:
     if not 0 <= image_id <= MAX_IMAGE_ID:
         raise InvalidRequest(f"image_id must be between 0 and {MAX_IMAGE_ID}, got {image_id}")
+
+
+def check_file_name(file_name: str) -> None:
+    try:
+        size = len(file_name.encode())
+    except UnicodeEncodeError:
+        raise InvalidRequest("file_name must be valid Unicode text (it holds a lone surrogate)") from None
+    if size > MAX_FILE_NAME_BYTES:
+        raise InvalidRequest(f"file_name is {size} bytes in UTF-8; the limit is {MAX_FILE_NAME_BYTES}")
 
 
 def _lock_data_dir(data_dir: Path):

@@ -3,7 +3,7 @@
 Layout (keys are 8-byte big-endian image ids unless noted):
     meta         schema version, store uuid, per-engine feature specs and journal sequence numbers
     images       id -> file size, mtime and file name of the image
-    names        file name -> id
+    names        file name (past 480 bytes, its SHA-256) -> id
     f:<engine>   id -> the engine's raw feature bytes
     j:<engine>   sequence number -> id touched; FAISS indexes replay it to catch up after a crash
 
@@ -11,7 +11,9 @@ One LMDB write transaction covers an image's record and its features in every en
 delete is all or nothing, and the journal entry commits with the change it describes.
 """
 
+import hashlib
 import json
+import shutil
 import struct
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,14 +25,17 @@ from typing import TypeVar
 import lmdb
 import numpy as np
 
-from .errors import Conflict, NotFound, StoreVersionError
+from .errors import Conflict, NotFound, StorageFull, StoreVersionError
 from .features import FeatureSpec
 from .locks import SharedExclusiveLock
 
 SCHEMA_VERSION = 1
 MAX_IMAGE_ID = 2**63 - 1  # FAISS ids are signed 64-bit
+MAX_FILE_NAME_BYTES = 4096  # a path's limit on Linux; longer names are keyed by digest all the same
 _INITIAL_MAP_SIZE = 1 << 30
 _RECORD = struct.Struct(">Qq")  # file size, mtime_ns
+_MAX_NAME_KEY = 480  # LMDB's keys end at 511 bytes
+_FULL_DISK_BYTES = 64 * 2**20
 T = TypeVar("T")
 
 
@@ -42,6 +47,13 @@ def key_id(key: bytes) -> int:
     return int.from_bytes(key, "big")
 
 
+def name_key(file_name: str) -> bytes:
+    """A file name's key in `names`: the name itself, or past LMDB's key limit (511 bytes) a digest of
+    it, marked by a first byte no UTF-8 text starts with."""
+    encoded = file_name.encode()
+    return encoded if len(encoded) <= _MAX_NAME_KEY else b"\xff" + hashlib.sha256(encoded).digest()
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     image_id: int
@@ -49,10 +61,17 @@ class ImageRecord:
     size: int = 0
     mtime_ns: int = 0
 
+    @property
+    def from_folder(self) -> bool:
+        """Made by `lookalike index`, which records its file's size and mtime. An image added through the
+        API has neither (size 0: no image is zero bytes), and `index` leaves it alone."""
+        return self.size > 0
+
 
 class FeatureStore:
     def __init__(self, path: Path, specs: dict[str, FeatureSpec]):
         path.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.specs = specs
         self._env = lmdb.open(str(path), map_size=_INITIAL_MAP_SIZE, max_dbs=4 + 2 * len(specs))
         if self._env.info()["map_size"] < _INITIAL_MAP_SIZE:
@@ -78,7 +97,7 @@ class FeatureStore:
         """
 
         def add(txn: lmdb.Transaction) -> None:
-            owner = txn.get(record.file_name.encode(), db=self._names) if record.file_name else None
+            owner = txn.get(name_key(record.file_name), db=self._names) if record.file_name else None
             if owner is not None and key_id(owner) != record.image_id:
                 raise Conflict(f"file name {record.file_name!r} already belongs to image {key_id(owner)}")
             existing = self._read_record(txn, record.image_id)
@@ -158,7 +177,7 @@ class FeatureStore:
 
     def id_for_name(self, file_name: str) -> int | None:
         with self._reading() as txn:
-            key = txn.get(file_name.encode(), db=self._names)
+            key = txn.get(name_key(file_name), db=self._names) if file_name else None
             return None if key is None else key_id(key)
 
     def names_for(self, image_ids: list[int]) -> list[str | None]:
@@ -262,7 +281,7 @@ class FeatureStore:
             if record is not None:
                 txn.delete(key, db=self._images)
                 if record.file_name:
-                    txn.delete(record.file_name.encode(), db=self._names)
+                    txn.delete(name_key(record.file_name), db=self._names)
         return deleted
 
     def _put_features(self, txn: lmdb.Transaction, image_id: int, features: dict[str, np.ndarray]) -> None:
@@ -289,7 +308,7 @@ class FeatureStore:
         key = id_key(record.image_id)
         txn.put(key, _RECORD.pack(record.size, record.mtime_ns) + record.file_name.encode(), db=self._images)
         if record.file_name:
-            txn.put(record.file_name.encode(), key, db=self._names)
+            txn.put(name_key(record.file_name), key, db=self._names)
 
     def _read_record(self, txn: lmdb.Transaction, image_id: int) -> ImageRecord | None:
         value = txn.get(id_key(image_id), db=self._images)
@@ -315,6 +334,14 @@ class FeatureStore:
             except lmdb.MapFullError:
                 with self._resizing.exclusive():
                     self._env.set_mapsize(self._env.info()["map_size"] * 2)
+            except lmdb.Error as exc:
+                # LMDB reports a write that found no room as an I/O error; the free space tells them apart.
+                if shutil.disk_usage(self.path).free < _FULL_DISK_BYTES:
+                    raise StorageFull(
+                        f"the disk holding the data directory is full (under {_FULL_DISK_BYTES >> 20} MiB free): "
+                        "this change was not written; free some space and retry"
+                    ) from exc
+                raise
 
 
 @dataclass(frozen=True)

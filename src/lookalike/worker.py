@@ -39,8 +39,11 @@ def extract_batch(paths: list[Path]) -> list[dict | str]:
     outcomes: list[dict | str] = [_decode(path) for path in paths]
     decoded = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, str)]
     try:
-        images = [outcomes[i] for i in decoded]
-        features = {name: engine.extract_many(images) for name, engine in _engines.items()} if images else {}
+        features = (
+            {name: engine.extract_many([outcomes[i][name] for i in decoded]) for name, engine in _engines.items()}
+            if decoded
+            else {}
+        )
         for position, i in enumerate(decoded):
             outcomes[i] = {name: found[position] for name, found in features.items()}
     except LookalikeError:  # one image spoiled the batch: only it should fail
@@ -49,9 +52,9 @@ def extract_batch(paths: list[Path]) -> list[dict | str]:
     return outcomes
 
 
-def _extract_one(image) -> dict | str:
+def _extract_one(images: dict) -> dict | str:
     try:
-        return {name: engine.extract(image) for name, engine in _engines.items()}
+        return {name: engine.extract(images[name]) for name, engine in _engines.items()}
     except LookalikeError as exc:
         return exc.message
 

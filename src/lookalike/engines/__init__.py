@@ -4,7 +4,7 @@ from collections.abc import Iterable
 
 from PIL import Image
 
-from ..decode import decode
+from ..decode import DEFAULT_MAX_PIXELS, UNLIMITED, DecodeBudget, decode_views
 from .base import Engine, EngineOptions, TextSearchable
 from .color import ColorHistogram
 from .global_features import GlobalFeatures
@@ -31,10 +31,21 @@ def create_engine(name: str, options: EngineOptions | dict | None = None) -> Eng
     return engine(engine.Options.model_validate(options or {}))
 
 
-def decode_for(engines: Iterable[Engine], data: bytes, max_pixels: int) -> Image.Image:
-    """Decode once, as small as the most demanding of `engines` allows."""
-    sides = [engine.decode_side for engine in engines]
-    return decode(data, min_side=None if None in sides else max(sides), max_pixels=max_pixels)
+def decode_for(
+    engines: Iterable[Engine], data: bytes, max_pixels: int, budget: DecodeBudget = UNLIMITED
+) -> dict[str, Image.Image]:
+    """Each engine's image (name -> image), decoded as small as that engine allows: the same image
+    whichever engines share the call."""
+    engines = list(engines)
+    views = decode_views(data, {engine.decode_side for engine in engines}, max_pixels, budget)
+    return {engine.name: views[engine.decode_side] for engine in engines}
 
 
-__all__ = ["ENGINES", "Engine", "EngineOptions", "TextSearchable", "create_engine", "decode_for"]
+def decode_for_engine(
+    engine: Engine, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, budget: DecodeBudget = UNLIMITED
+) -> Image.Image:
+    """The image `engine` is given for `data`, by every route."""
+    return decode_for([engine], data, max_pixels, budget)[engine.name]
+
+
+__all__ = ["ENGINES", "Engine", "EngineOptions", "TextSearchable", "create_engine", "decode_for", "decode_for_engine"]

@@ -22,17 +22,21 @@ Payload = Literal["binary", "float"] | None  # which FAISS index follows, if any
 def write_index_file(path: Path, spec: FeatureSpec, header: dict, index=None, extra: bytes = b"") -> None:
     header_bytes = json.dumps({**header, "spec": asdict(spec)}).encode()
     temporary = path.with_suffix(path.suffix + ".tmp")
-    with open(temporary, "wb") as file:
-        file.write(_MAGIC + _LENGTH.pack(len(header_bytes)) + header_bytes + _LENGTH.pack(len(extra)) + extra)
-        if index is not None:
-            writer = faiss.PyCallbackIOWriter(file.write)
-            if isinstance(index, faiss.IndexBinary):
-                faiss.write_index_binary(index, writer)
-            else:
-                faiss.write_index(index, writer)
-            del writer  # flushes its buffer into the file
-        file.flush()
-        os.fsync(file.fileno())
+    try:
+        with open(temporary, "wb") as file:
+            file.write(_MAGIC + _LENGTH.pack(len(header_bytes)) + header_bytes + _LENGTH.pack(len(extra)) + extra)
+            if index is not None:
+                writer = faiss.PyCallbackIOWriter(file.write)
+                if isinstance(index, faiss.IndexBinary):
+                    faiss.write_index_binary(index, writer)
+                else:
+                    faiss.write_index(index, writer)
+                del writer  # flushes its buffer into the file
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:  # a full disk, say: the old file stands, and no partial one takes space
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, path)
     fsync_dir(path.parent)
 

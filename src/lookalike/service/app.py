@@ -2,22 +2,30 @@
 
 import asyncio
 import contextlib
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from ..config import Settings
 from ..engines import ENGINES
-from ..errors import LookalikeError
+from ..errors import Busy, LookalikeError
 from ..library import Library
-from . import legacy, routes
+from . import access, legacy, routes
+from .limits import UploadLimit
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None, library: Library | None = None) -> FastAPI:
     settings = settings or Settings()
+    access.check_exposure(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -30,12 +38,33 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
             saver.cancel()
             await run_in_threadpool(app.state.library.close)
 
-    app = FastAPI(title="lookalike", summary="Image retrieval for self-hosted photo galleries", lifespan=lifespan)
+    app = FastAPI(
+        title="lookalike",
+        summary="Image retrieval for self-hosted photo galleries",
+        lifespan=lifespan,
+    )
     app.state.settings = settings
+    app.add_middleware(UploadLimit, max_upload_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
+        )
+    app.add_middleware(access.TrustedHosts, hosts=access.trusted_hosts(settings))
 
     @app.exception_handler(LookalikeError)
     async def lookalike_error(request: Request, exc: LookalikeError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code != 405:
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        # Starlette names only the methods of the first route that matched the path; name them all.
+        allow = ", ".join(sorted(allowed_methods(request) | {"OPTIONS"}))
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers={"Allow": allow})
+        return JSONResponse({"detail": exc.detail}, status_code=405, headers={"Allow": allow})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -44,13 +73,27 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     app.include_router(routes.router)
+    app.include_router(routes.health_router)
     for name in settings.engines:
         legacy.add_original_routes(app, name, ENGINES[name])
+    access.document_access(app, settings)
     return app
+
+
+def allowed_methods(request: Request) -> set[str]:
+    methods = set()
+    for route in access.every_route(request.app.router.routes):
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return methods
 
 
 async def _checkpoint_every(library: Library, seconds: float) -> None:
     while True:
         await asyncio.sleep(seconds)
-        await run_in_threadpool(library.checkpoint)
-        await run_in_threadpool(library.maintain)
+        try:
+            await run_in_threadpool(library.checkpoint)
+            await run_in_threadpool(library.maintain)
+        except (OSError, LookalikeError) as exc:  # a full disk: the journal covers the gap; try again later
+            log.warning("saving the indexes failed (%s); will retry in %g s", exc, seconds)

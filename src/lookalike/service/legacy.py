@@ -10,17 +10,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import FastAPI, Form, Request
+from fastapi import Depends, FastAPI, Form, Request
 
 from ..engines import Engine, TextSearchable
 from . import routes
-from .params import DeleteRequest, ImageSearchParams, SimilarToId
+from .access import can_read, can_write
+from .params import (
+    ADD_ERRORS,
+    DELETE_ERRORS,
+    IMAGE_SEARCH_ERRORS,
+    STORED_SEARCH_ERRORS,
+    Deleted,
+    DeleteRequest,
+    ImageSearchParams,
+    SimilarToId,
+)
 
 # The original services' names in their search endpoints, where not the engine's own.
 SERVICE_NAMES = {"local": "local_features", "global": "global_features", "image_text": "image_text_features"}
 
 
-def delete_by_body(request: Request, engine: str, body: DeleteRequest):
+def delete_by_body(request: Request, engine: str, body: DeleteRequest) -> Deleted:
     return routes.delete(request, [engine], body.image_id, body.file_name)
 
 
@@ -38,16 +48,20 @@ def similar_to_image_buffer(
 class OriginalRoute:
     path: str  # {engine} and {service} are filled in per engine
     handler: Callable
+    responses: dict
     status_code: int = 200
+    writes: bool = False
     text_search: bool = False  # only for engines that answer text queries
 
 
 ORIGINAL_ROUTES = [
-    OriginalRoute("/calculate_{engine}_features", routes.add_to_engine),
-    OriginalRoute("/delete_{engine}_features", delete_by_body),
-    OriginalRoute("/{service}_get_similar_images_by_id", similar_to_id_by_body),
-    OriginalRoute("/{service}_get_similar_images_by_image_buffer", similar_to_image_buffer),
-    OriginalRoute("/{service}_get_similar_images_by_text", routes.similar_to_text, text_search=True),
+    OriginalRoute("/calculate_{engine}_features", routes.add_to_engine, ADD_ERRORS, writes=True),
+    OriginalRoute("/delete_{engine}_features", delete_by_body, DELETE_ERRORS, writes=True),
+    OriginalRoute("/{service}_get_similar_images_by_id", similar_to_id_by_body, STORED_SEARCH_ERRORS),
+    OriginalRoute("/{service}_get_similar_images_by_image_buffer", similar_to_image_buffer, IMAGE_SEARCH_ERRORS),
+    OriginalRoute(
+        "/{service}_get_similar_images_by_text", routes.similar_to_text, STORED_SEARCH_ERRORS, text_search=True
+    ),
 ]
 
 
@@ -62,6 +76,8 @@ def add_original_routes(app: FastAPI, name: str, engine: type[Engine]) -> None:
             for_engine(route.handler, name),
             methods=["POST"],
             status_code=route.status_code,
+            responses=route.responses,
+            dependencies=[Depends(can_read)] + ([Depends(can_write)] if route.writes else []),
             tags=[f"{name} (original endpoint names)"],
             response_model_exclude_none=True,
             operation_id=path.strip("/"),

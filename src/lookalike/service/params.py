@@ -3,17 +3,21 @@ a new search option is one field here."""
 
 from typing import Annotated
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import InvalidRequest
 from ..indexes import Measure
 from ..library import QueryExpansion
-from ..store import MAX_IMAGE_ID
+from ..store import MAX_FILE_NAME_BYTES, MAX_IMAGE_ID
 
 MAX_K = 10_000
 MAX_EXPANSION = 100
 MAX_TEXT_CHARACTERS = 1_000
 ImageId = Annotated[int, Field(ge=0, le=MAX_IMAGE_ID)]
+# The byte limit is checked on the UTF-8 bytes (`library.check_file_name`); this bounds the characters.
+FileName = Annotated[
+    str, Field(min_length=1, max_length=MAX_FILE_NAME_BYTES, description="The name the image was added with.")
+]
 # The field that bounds each measure's score, from below or above as the measure goes.
 THRESHOLD_FIELDS = {
     Measure.DISTANCE: "distance_threshold",
@@ -22,8 +26,26 @@ THRESHOLD_FIELDS = {
 }
 
 
+CUTOFFS = ["k", *THRESHOLD_FIELDS.values()]
+
+
+def exactly_one_of(*fields: str):
+    """A model's JSON schema extra: exactly one of `fields` is given, as a number (null is not one)."""
+
+    def extra(schema: dict) -> None:
+        for field in CUTOFFS:
+            declared = schema["properties"][field]
+            declared.update(next(t for t in declared.pop("anyOf") if t.get("type") != "null"))
+            declared.pop("default", None)
+        schema["oneOf"] = [{"required": [field]} for field in fields]
+
+    return extra
+
+
 class SearchParams(BaseModel):
     """How many hits to return, or how good they must be; and query expansion, for embeddings."""
+
+    model_config = ConfigDict(json_schema_extra=exactly_one_of(*CUTOFFS))
 
     k: int | None = Field(None, ge=1, le=MAX_K, description="The k best.")
     distance_threshold: float | None = Field(
@@ -52,6 +74,13 @@ class SearchParams(BaseModel):
         allow_inf_nan=False,
         description="Alpha query expansion: each neighbour's weight is its similarity to this power.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def cutoffs_are_numbers(cls, given):
+        if isinstance(given, dict) and any(field in given and given[field] is None for field in CUTOFFS):
+            raise ValueError(f"give {' or '.join(CUTOFFS)} as a number, or leave it out (not null)")
+        return given
 
     def expansion(self) -> QueryExpansion | None:
         return QueryExpansion(self.aqe_n, self.aqe_alpha) if self.aqe_n else None
@@ -83,22 +112,36 @@ class ImageSearchParams(SearchParams):
     mirrored: bool = Field(False, description="Also search with the mirror image (local features).")
 
 
-class SimilarToId(SearchParams):
+class SearchEverywhereParams(ImageSearchParams):
+    """Every engine at once: k or distance_threshold; min_matches and min_relevance bound their engines further."""
+
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("k", "distance_threshold"))
+
+
+class JsonBody(BaseModel):
+    """A JSON body takes its numbers as JSON numbers: "1001", 1002.0 and true are not ids."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class SimilarToId(SearchParams, JsonBody):
     image_id: ImageId
 
 
-class SimilarToText(SearchParams):
+class SimilarToText(SearchParams, JsonBody):
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARACTERS)
 
 
 class AddForm(BaseModel):
     image_id: ImageId
-    file_name: str | None = Field(None, description="Name to find the image by; optional")
+    file_name: str | None = Field(None, max_length=MAX_FILE_NAME_BYTES, description="Name to find the image by.")
 
 
-class DeleteRequest(BaseModel):
+class DeleteRequest(JsonBody):
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["image_id"]}, {"required": ["file_name"]}]})
+
     image_id: ImageId | None = None
-    file_name: str | None = None
+    file_name: FileName | None = None
 
     @model_validator(mode="after")
     def exactly_one(self):
@@ -115,3 +158,41 @@ class HitOut(BaseModel):
     matches: int | None = Field(None, description="Local features: keypoint matches one homography explains.")
     relevance: float | None = Field(None, description="Engines scored by relevance (text): larger is better.")
     file_name: str
+
+
+class Added(BaseModel):
+    image_id: int
+
+
+class Deleted(BaseModel):
+    image_id: int
+    deleted_from: list[str] = Field(description="The engines it was deleted from.")
+
+
+class ErrorOut(BaseModel):
+    detail: str | list[dict] = Field(description="What was wrong: a message, or (422) each invalid field.")
+
+
+_ERRORS = {
+    400: "Not an image, or one that cannot be decoded.",
+    401: "The API key is missing or wrong.",
+    403: "A write from another site's page.",
+    404: "No such image, file name or engine.",
+    409: "The image id or file name is taken.",
+    413: "The upload or the image is over the limit.",
+    422: "Invalid parameters.",
+    503: "Busy decoding other large images (see Retry-After), or a model is not installed.",
+    507: "The disk is full: nothing was written.",
+}
+
+
+def errors(*statuses: int) -> dict:
+    """OpenAPI `responses` for these error statuses, so generated clients know every answer."""
+    return {status: {"model": ErrorOut, "description": _ERRORS[status]} for status in statuses}
+
+
+ADD_ERRORS = errors(400, 401, 403, 404, 409, 413, 422, 503, 507)
+DELETE_ERRORS = errors(401, 403, 404, 422, 507)
+IMAGE_SEARCH_ERRORS = errors(400, 401, 404, 413, 422, 503)
+STORED_SEARCH_ERRORS = errors(401, 404, 422, 503)
+READ_ERRORS = errors(401, 422)

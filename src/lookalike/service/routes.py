@@ -7,19 +7,39 @@ bind the same handlers to fixed engines.
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 
 from ..errors import ImageTooLarge
 from ..indexes import Hit
 from ..library import Library
-from ..store import MAX_IMAGE_ID
-from .params import AddForm, HitOut, ImageSearchParams, SearchParams, SimilarToText
+from ..store import MAX_FILE_NAME_BYTES, MAX_IMAGE_ID
+from .access import can_read, can_write
+from .params import (
+    ADD_ERRORS,
+    DELETE_ERRORS,
+    IMAGE_SEARCH_ERRORS,
+    READ_ERRORS,
+    STORED_SEARCH_ERRORS,
+    Added,
+    AddForm,
+    Deleted,
+    HitOut,
+    ImageSearchParams,
+    SearchEverywhereParams,
+    SearchParams,
+    SimilarToText,
+)
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(can_read)])
+# Open to anyone who reaches the service, key or not: a load balancer's or a container's probe.
+health_router = APIRouter()
+WRITES = [Depends(can_write)]
 ImageFile = Annotated[UploadFile, File(description="The image: JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC or AVIF")]
 EngineName = Annotated[str, Path(description="A served engine, e.g. phash")]
 ImageIdPath = Annotated[int, Path(ge=0, le=MAX_IMAGE_ID)]
-FileNameQuery = Annotated[str, Query(description="The file name the image was added with")]
+FileNameQuery = Annotated[
+    str, Query(min_length=1, max_length=MAX_FILE_NAME_BYTES, description="The name the image was added with")
+]
 Hits = list[HitOut]
 
 
@@ -39,16 +59,16 @@ def hits_out(hits: list[Hit]) -> list[dict]:
     return [hit.as_dict() for hit in hits]
 
 
-def add(request: Request, engines: list[str] | None, image: UploadFile, form: AddForm) -> dict:
+def add(request: Request, engines: list[str] | None, image: UploadFile, form: AddForm) -> Added:
     # Only an explicit file_name names the image: uploads from browsers are all called "blob".
     library_of(request).add(form.image_id, read_upload(request, image), form.file_name or "", engines)
-    return {"image_id": form.image_id}
+    return Added(image_id=form.image_id)
 
 
-def delete(request: Request, engines: list[str] | None, image_id: int | None, file_name: str | None = None) -> dict:
+def delete(request: Request, engines: list[str] | None, image_id: int | None, file_name: str | None = None) -> Deleted:
     library = library_of(request)
     image_id = library.id_for_name(file_name) if file_name is not None else image_id
-    return {"image_id": image_id, "deleted_from": library.delete(image_id, engines)}
+    return Deleted(image_id=image_id, deleted_from=library.delete(image_id, engines))
 
 
 def search_image(
@@ -71,25 +91,25 @@ def search_id(
 # -- every engine at once ------------------------------------------------------------------------
 
 
-@router.post("/images", status_code=201, tags=["all engines"])
-def add_everywhere(request: Request, image: ImageFile, form: Annotated[AddForm, Form()]):
+@router.post("/images", status_code=201, tags=["all engines"], dependencies=WRITES, responses=ADD_ERRORS)
+def add_everywhere(request: Request, image: ImageFile, form: Annotated[AddForm, Form()]) -> Added:
     """Add an image to every engine in one transaction."""
     return add(request, None, image, form)
 
 
-@router.delete("/images/{image_id}", tags=["all engines"])
-def delete_everywhere(request: Request, image_id: ImageIdPath):
+@router.delete("/images/{image_id}", tags=["all engines"], dependencies=WRITES, responses=DELETE_ERRORS)
+def delete_everywhere(request: Request, image_id: ImageIdPath) -> Deleted:
     return delete(request, None, image_id)
 
 
-@router.delete("/images", tags=["all engines"])
-def delete_everywhere_by_name(request: Request, file_name: FileNameQuery):
+@router.delete("/images", tags=["all engines"], dependencies=WRITES, responses=DELETE_ERRORS)
+def delete_everywhere_by_name(request: Request, file_name: FileNameQuery) -> Deleted:
     return delete(request, None, None, file_name)
 
 
-@router.post("/search", tags=["all engines"], response_model_exclude_none=True)
+@router.post("/search", tags=["all engines"], response_model_exclude_none=True, responses=IMAGE_SEARCH_ERRORS)
 def search_everywhere(
-    request: Request, image: ImageFile, params: Annotated[ImageSearchParams, Form()]
+    request: Request, image: ImageFile, params: Annotated[SearchEverywhereParams, Form()]
 ) -> dict[str, Hits]:
     """Every engine's answer for one image. A distance threshold bounds the engines scored by distance;
     local features then return every verified match (min_matches bounds them)."""
@@ -98,12 +118,12 @@ def search_everywhere(
     return {name: hits_out(hits) for name, hits in found.items()}
 
 
-@router.get("/stats", tags=["service"])
+@router.get("/stats", tags=["service"], responses=READ_ERRORS)
 def stats(request: Request):
     return library_of(request).stats()
 
 
-@router.get("/health", tags=["service"])
+@health_router.get("/health", tags=["service"])
 async def health():
     return {"status": "ok"}
 
@@ -111,22 +131,29 @@ async def health():
 # -- one engine ----------------------------------------------------------------------------------
 
 
-@router.post("/engines/{engine}/images", status_code=201, tags=["one engine"])
-def add_to_engine(request: Request, engine: EngineName, image: ImageFile, form: Annotated[AddForm, Form()]):
+@router.post(
+    "/engines/{engine}/images", status_code=201, tags=["one engine"], dependencies=WRITES, responses=ADD_ERRORS
+)
+def add_to_engine(request: Request, engine: EngineName, image: ImageFile, form: Annotated[AddForm, Form()]) -> Added:
     return add(request, [engine], image, form)
 
 
-@router.delete("/engines/{engine}/images/{image_id}", tags=["one engine"])
-def delete_from_engine(request: Request, engine: EngineName, image_id: ImageIdPath):
+@router.delete("/engines/{engine}/images/{image_id}", tags=["one engine"], dependencies=WRITES, responses=DELETE_ERRORS)
+def delete_from_engine(request: Request, engine: EngineName, image_id: ImageIdPath) -> Deleted:
     return delete(request, [engine], image_id)
 
 
-@router.delete("/engines/{engine}/images", tags=["one engine"])
-def delete_from_engine_by_name(request: Request, engine: EngineName, file_name: FileNameQuery):
+@router.delete("/engines/{engine}/images", tags=["one engine"], dependencies=WRITES, responses=DELETE_ERRORS)
+def delete_from_engine_by_name(request: Request, engine: EngineName, file_name: FileNameQuery) -> Deleted:
     return delete(request, [engine], None, file_name)
 
 
-@router.get("/engines/{engine}/images/{image_id}/similar", tags=["one engine"], response_model_exclude_none=True)
+@router.get(
+    "/engines/{engine}/images/{image_id}/similar",
+    tags=["one engine"],
+    response_model_exclude_none=True,
+    responses=STORED_SEARCH_ERRORS,
+)
 def similar_to_id(
     request: Request, engine: EngineName, image_id: ImageIdPath, params: Annotated[SearchParams, Query()]
 ) -> Hits:
@@ -134,7 +161,9 @@ def similar_to_id(
     return search_id(request, engine, image_id, params)
 
 
-@router.post("/engines/{engine}/search", tags=["one engine"], response_model_exclude_none=True)
+@router.post(
+    "/engines/{engine}/search", tags=["one engine"], response_model_exclude_none=True, responses=IMAGE_SEARCH_ERRORS
+)
 def similar_to_image(
     request: Request, engine: EngineName, image: ImageFile, params: Annotated[ImageSearchParams, Form()]
 ) -> Hits:
@@ -142,7 +171,12 @@ def similar_to_image(
     return search_image(request, engine, image, params)
 
 
-@router.post("/engines/{engine}/search_text", tags=["one engine"], response_model_exclude_none=True)
+@router.post(
+    "/engines/{engine}/search_text",
+    tags=["one engine"],
+    response_model_exclude_none=True,
+    responses=STORED_SEARCH_ERRORS,
+)
 def similar_to_text(request: Request, engine: EngineName, body: SimilarToText) -> Hits:
     """Stored images a text describes (image_text), or that carry the tags it names (tags)."""
     library = library_of(request)
@@ -153,12 +187,12 @@ def similar_to_text(request: Request, engine: EngineName, body: SimilarToText) -
 # -- tags ----------------------------------------------------------------------------------------
 
 
-@router.post("/get_image_tags", tags=["tags"])
+@router.post("/get_image_tags", tags=["tags"], responses=IMAGE_SEARCH_ERRORS)
 def image_tags(request: Request, image: ImageFile) -> list[str]:
     """The tags of an uploaded image (not stored): what the classifier is confident it shows."""
     return library_of(request).tags_of_image(read_upload(request, image))
 
 
-@router.get("/images/{image_id}/tags", tags=["tags"])
+@router.get("/images/{image_id}/tags", tags=["tags"], responses=STORED_SEARCH_ERRORS)
 def stored_tags(request: Request, image_id: ImageIdPath) -> list[str]:
     return library_of(request).tags_of_id(image_id)
