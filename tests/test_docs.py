@@ -42,7 +42,7 @@ ALLOWED_IMPORTS = {
     "library": {"features", "decode", "engines", "errors", "indexes", "indexes.manager", "store"},
     "duplicates": {"indexes", "library"},
     "config": {"engines"},
-    "service": {"config", "engines", "errors", "indexes", "library", "store"},
+    "service": {"config", "decode", "engines", "errors", "indexes", "library", "store"},
     "cli": {"config", "duplicates", "errors", "indexer", "indexes", "library", "service"},
     "indexer": {"errors", "library", "store", "worker"},
     "worker": {"decode", "engines", "errors", "models"},

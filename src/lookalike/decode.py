@@ -6,7 +6,6 @@ depends on which other engines share the request. Decoding holds pixels from a `
 the requests of one process, which bounds the memory that huge images take at once.
 """
 
-import contextlib
 import ctypes
 import io
 import sys
@@ -43,21 +42,22 @@ _TRANSPOSE_FOR_ORIENTATION = {
 }
 
 
-def _return_large_blocks_to_the_os() -> None:
-    """Make glibc give every allocation of 1 MiB or more its own mapping, unmapped when freed.
+def return_large_blocks_to_the_os() -> None:
+    """Make glibc give each allocation of half Pillow's block size (8 MiB) or more its own mapping,
+    unmapped when freed. For a process that decodes huge uploads on many threads: the service.
 
     By default glibc raises that threshold after the first large free, so the 16 MiB blocks Pillow
-    decodes into land in per-thread heaps that are seldom trimmed: eight 196-megapixel uploads in a row
-    left 2 GB resident (bench/upload_memory.py). Decoded pixels are large and short-lived; mapping each
-    block keeps the resident size where the decode budget bounds it.
+    decodes into land in per-thread heaps that are seldom trimmed: eight 196-megapixel uploads, one after
+    another under the decode budget, left 5 GB resident (bench/upload_memory.py). Mapped blocks cost a
+    page fault per page on every decode (about 6% of extraction time on 12 MP JPEGs), which is why
+    `lookalike index`, whose workers decode one file at a time, does not do this.
     """
     if sys.platform.startswith("linux"):
         m_mmap_threshold = -3
-        with contextlib.suppress(OSError, AttributeError):  # not glibc (e.g. musl): its own policy stands
-            ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, 1 << 20)
-
-
-_return_large_blocks_to_the_os()
+        try:
+            ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, Image.core.get_block_size() // 2)
+        except (OSError, AttributeError):  # not glibc (musl, say): its own policy stands
+            pass
 
 
 class DecodeBudget:
@@ -121,10 +121,7 @@ def decode_views(
             if image.format in _JPEG_FORMATS:
                 return _jpeg_views(data, image, set(sides), budget)
             with budget.reserve(image.width * image.height):
-                image.load()
-                orientation = _orientation(image)
-                reducible = image if image.mode in _REDUCIBLE_MODES else to_rgb(image)
-                return {side: _upright(_reduced(reducible, side), orientation) for side in set(sides)}
+                return _reduced_views(image, set(sides))
     except UnidentifiedImageError as exc:
         raise BadImage(f"not an image, or not one of {', '.join(FORMATS)}") from exc
     except RuntimeError as exc:
@@ -141,6 +138,14 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
     return image
+
+
+def _reduced_views(image: Image.Image, sides: set) -> dict:
+    """Decode at full size once, then reduce by whole factors per side."""
+    image.load()
+    orientation = _orientation(image)
+    reducible = image if image.mode in _REDUCIBLE_MODES else to_rgb(image)
+    return {side: _upright(_reduced(reducible, side), orientation) for side in sides}
 
 
 def _jpeg_views(data: bytes, header: Image.Image, sides: set, budget: DecodeBudget) -> dict:

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from ..config import Settings
+from ..decode import return_large_blocks_to_the_os
 from ..engines import ENGINES
 from ..errors import Busy, LookalikeError
 from ..library import Library
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, library: Library | None = None) -> FastAPI:
     settings = settings or Settings()
     access.check_exposure(settings)
+    return_large_blocks_to_the_os()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
