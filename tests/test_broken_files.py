@@ -3,33 +3,43 @@
 Every file either is refused with a 4xx and a JSON detail, leaving the store as it was, or is added
 and then found by its own bytes at distance 0. Never a 5xx. test_api.py covers the everyday formats
 and the obvious bad uploads; this corpus goes after containers that are cut, lie about themselves,
-carry hostile metadata or hold samples of unusual widths. broken_files.py makes every file.
+carry hostile metadata or hold samples of unusual widths. broken_files.py and broken_containers.py
+make every file.
 """
 
 from pathlib import Path
 
 import pytest
-from broken_files import (
-    ASCII,
+from broken_containers import (
     EPS_READS_PASSWD,
     FRAMES,
-    IMAGE_DESCRIPTION,
-    ORIENTATION,
-    SHORT,
     SVG_EXTERNAL_ENTITY,
     TEXT,
     animated,
-    bad_crc,
     bmp_top_down,
-    camera_rotated,
-    exif_orientation_as,
-    exif_with,
     gif_declared,
-    grey16,
     heif,
     heif_corrupt_stream,
     heif_declared,
     heif_primary_item,
+    tiff_48_bit,
+    tiff_declared,
+    tiff_float,
+    tiff_half_float,
+    tiff_strip_offset_as_text,
+    tiff_strip_past_end,
+    truncated,
+)
+from broken_files import (
+    ASCII,
+    IMAGE_DESCRIPTION,
+    ORIENTATION,
+    SHORT,
+    bad_crc,
+    camera_rotated,
+    exif_orientation_as,
+    exif_with,
+    grey16,
     jpeg_cut,
     jpeg_declared,
     jpeg_progressive_first_scan,
@@ -44,13 +54,6 @@ from broken_files import (
     png_wide,
     rewrite_chunk,
     rng,
-    tiff_48_bit,
-    tiff_declared,
-    tiff_float,
-    tiff_half_float,
-    tiff_strip_offset_as_text,
-    tiff_strip_past_end,
-    truncated,
 )
 from fastapi.testclient import TestClient
 from helpers import LOCAL_URL, error, ok, upload
