@@ -177,7 +177,7 @@ def test_ctrl_c_keeps_what_was_indexed_and_says_how_to_resume(tmp_path, big_gall
     wait_for_some_commits(tmp_path, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr[-3000:]
     assert "run the same command to resume" in stderr
     with Library(tmp_path, ENGINES) as library:
         assert_consistent(library)
