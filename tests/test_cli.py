@@ -27,7 +27,9 @@ ENGINES = Settings.model_fields["engines"].default
 
 def start_indexing(data_dir: Path, folder: Path) -> subprocess.Popen:
     env = {**os.environ, "LOOKALIKE_DATA_DIR": str(data_dir)}
-    command = [sys.executable, "-m", "lookalike", "index", str(folder), "--workers", "2"]
+    # One worker: its results arrive in a steady stream. With two, a slow first chunk holds back the
+    # others' finished results, which then all commit at once at the end, before a signal can land.
+    command = [sys.executable, "-m", "lookalike", "index", str(folder), "--workers", "1"]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
