@@ -27,10 +27,16 @@ ENGINES = Settings.model_fields["engines"].default
 
 def start_indexing(data_dir: Path, folder: Path) -> subprocess.Popen:
     env = {**os.environ, "LOOKALIKE_DATA_DIR": str(data_dir)}
-    # One worker: its results arrive in a steady stream. With two, a slow first chunk holds back the
-    # others' finished results, which then all commit at once at the end, before a signal can land.
-    command = [sys.executable, "-m", "lookalike", "index", str(folder), "--workers", "1"]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "lookalike", "index", str(folder), "--workers", "2"]
+    # A job a non-interactive shell starts in the background inherits SIGINT ignored; Ctrl-C is the test.
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 @pytest.fixture(scope="module")

@@ -84,10 +84,12 @@ def index(
         if library.due_for_training():
             with console.status("training the local features index (once; it keeps searches fast)"):
                 library.maintain()
-    for path, error in report.failed:
-        console.print(f"[yellow]skipped[/] {path}: {error}")
+    for path, error in report.failed:  # soft wrap: a path stays whole, to be copied or grepped
+        console.print(f"[yellow]skipped[/] {path}: {error}", soft_wrap=True)
     for path, image_id in report.taken:
-        console.print(f"[yellow]left alone[/] {path}: the API added image {image_id} with this file name")
+        console.print(
+            f"[yellow]left alone[/] {path}: the API added image {image_id} with this file name", soft_wrap=True
+        )
     console.print(
         f"indexed {report.indexed}, unchanged {report.unchanged}, removed {report.removed} (gone from disk), "
         f"failed {len(report.failed)}, left alone {len(report.taken)} (added through the API)"
