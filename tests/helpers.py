@@ -13,7 +13,13 @@ from lookalike.library import Library
 # The service answers only to trusted host names: loopback ones by default (TestClient's is "testserver").
 LOCAL_URL = "http://localhost"
 # A text query per text-searchable engine, and the test photo it names.
-TEXT_QUERIES = {"image_text": ("a cup of coffee", "coffee"), "tags": ("espresso", "coffee")}
+# A text, and the photo it finds first (for the text engine, the word written into the photo:
+# tests/words_in_photos.py's WORDS).
+TEXT_QUERIES = {
+    "image_text": ("a cup of coffee", "coffee"),
+    "tags": ("espresso", "coffee"),
+    "text": ("espresso", "coffee"),
+}
 
 
 class MemorySource:

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from helpers import LOCAL_URL, TEXT_QUERIES, error, ok, upload
 from photos import encode
 from photos import photos as load_photos
+from words_in_photos import with_its_word
 
 from lookalike.config import Settings
 from lookalike.engines import ENGINES, TextSearchable
@@ -25,7 +26,8 @@ PHOTOS = {"astronaut": 11, "chelsea": 12, "coffee": 13, "rocket": 14, "pexels-25
 
 @cache
 def jpeg(name: str) -> bytes:
-    image = load_photos()[name].copy()
+    """The photo with a word in it (for the text engine), at most 640 px."""
+    image = with_its_word(load_photos()[name], name)
     image.thumbnail((640, 640))
     return encode(image)
 

@@ -127,9 +127,10 @@ def train(
 def search(
     image: Annotated[Path | None, typer.Argument(exists=True, dir_okay=False, show_default=False)] = None,
     text: Annotated[
-        str | None, typer.Option(help="Find photos this text describes instead (image_text, or tags by name).")
+        str | None,
+        typer.Option(help="Find photos this text describes (image_text), names (tags) or shows (text) instead."),
     ] = None,
-    engine: Annotated[str, typer.Option(help="Engine name, or 'all' [default: image_text with --text].")] = "all",
+    engine: Annotated[str, typer.Option(help="Engine name, or 'all': every engine that takes the query.")] = "all",
     k: Annotated[int, typer.Option("-k", min=1, help="Results per engine.")] = 10,
     mirrored: Annotated[bool, typer.Option(help="Also find mirrored copies (local features).")] = False,
     data_dir: DataDir = None,
@@ -140,8 +141,12 @@ def search(
         raise typer.BadParameter("give an IMAGE or --text, not both")
     with _open(_settings(data_dir)) as library:
         if text is not None:
-            engine = "image_text" if engine == "all" else engine
-            found, query = {engine: library.similar_to_text(engine, text, k=k)}, repr(text)
+            found = (
+                library.search_all_text(text, k)
+                if engine == "all"
+                else {engine: library.similar_to_text(engine, text, k=k)}
+            )
+            query = repr(text)
         elif engine == "all":
             found, query = library.search_all(image.read_bytes(), k=k, mirrored=mirrored), str(image)
         else:

@@ -79,6 +79,16 @@ class Settings(BaseSettings):
         description="Image-text space: imagenet-minilm (default; ImageNet classes over MiniLM sentence "
         "embeddings, offline) or clip-vit-b32 (downloaded on first use). Fixed per data directory.",
     )
+    text_model: str | None = Field(
+        default=None,
+        description="The text engine's OCR: pp-ocrv6-small (default; ships in the rapidocr wheel) or "
+        "pp-ocrv6-medium (downloaded on first use). Both read Chinese, English and 48 Latin-script languages.",
+    )
+    text_detection_side: int | None = Field(
+        default=None,
+        description="Longest side, in pixels, of the image the text detector sees (default 640): larger finds "
+        "smaller print and costs more on every photo, with text or without.",
+    )
     models_dir: Path = Field(
         default=None,
         validate_default=False,

@@ -167,11 +167,7 @@ class Library:
         expansion: QueryExpansion | None = None,
     ) -> list[Hit]:
         """Images like a stored one, itself left out."""
-        check_image_id(image_id)
-        self._engine_names([engine])
-        feature = self.store.feature(engine, image_id)
-        if feature is None:
-            raise NotFound(f"image {image_id} is not in the {engine} engine")
+        feature = self.feature_of_id(engine, image_id)
         query = self._expanded(engine, feature, expansion, image_id) if expansion else feature
         hits = self._search(engine, [query], k + 1 if k is not None else None, threshold)
         return [hit for hit in hits if hit.image_id != image_id][:k]
@@ -223,19 +219,41 @@ class Library:
             name: self._search(name, variants[name], k, thresholds.get(self.measure(name))) for name in self.engines
         }
 
+    def search_all_text(self, text: str, k: int | None = None) -> dict[str, list[Hit]]:
+        """Each text engine's answer to `text`, of those that take it (tags take only tag names)."""
+        found = {}
+        for name, engine in self.engines.items():
+            if isinstance(engine, TextSearchable):
+                try:
+                    found[name] = self.similar_to_text(name, text, k)
+                except InvalidRequest:
+                    continue
+        if not found:
+            raise InvalidRequest(f"no engine takes the text {text!r}")
+        return found
+
+    def feature_of_image(self, engine: str, data: bytes):
+        """`engine`'s feature of an uploaded image, which is not stored."""
+        extractor = self.engine(engine)
+        image = decode_for_engine(extractor, data, self.max_pixels, self.decode_budget)
+        with self._extracting:
+            return extractor.extract(image)
+
+    def feature_of_id(self, engine: str, image_id: int):
+        """`engine`'s stored feature of an image."""
+        check_image_id(image_id)
+        feature = self.store.feature(self.engine(engine).name, image_id)
+        if feature is None:
+            raise NotFound(f"image {image_id} is not in the {engine} engine")
+        return feature
+
     def tags_of_image(self, data: bytes) -> list[str]:
         tagger = self._tagger()
-        image = decode_for_engine(tagger, data, self.max_pixels, self.decode_budget)
-        with self._extracting:
-            return tagger.tags(tagger.extract(image))
+        return tagger.tags(self.feature_of_image(tagger.name, data))
 
     def tags_of_id(self, image_id: int) -> list[str]:
-        check_image_id(image_id)
         tagger = self._tagger()
-        feature = self.store.feature(tagger.name, image_id)
-        if feature is None:
-            raise NotFound(f"image {image_id} is not in the tags engine")
-        return tagger.tags(feature)
+        return tagger.tags(self.feature_of_id(tagger.name, image_id))
 
     def _search(self, engine: str, queries: list, k: int | None, threshold: float | None) -> list[Hit]:
         hits = self.indexes[engine].search(queries, k, threshold)

@@ -12,6 +12,7 @@ from .image_text import ImageText
 from .local import LocalFeatures
 from .phash import PHash
 from .tags import Tags
+from .text import Text
 
 ENGINES: dict[str, type[Engine]] = {
     PHash.name: PHash,
@@ -20,6 +21,7 @@ ENGINES: dict[str, type[Engine]] = {
     GlobalFeatures.name: GlobalFeatures,
     ImageText.name: ImageText,
     Tags.name: Tags,
+    Text.name: Text,
 }
 
 

@@ -158,8 +158,9 @@ class VectorIndex:
             found, ids = self._index.search(queries, searched)
         if self._rescore:
             found, ids = self._rescored(queries, ids, k)
-        # FAISS gives inner products, largest first; a distance is smaller for nearer.
-        return (1.0 - found if self.spec.metric == "ip" else found), ids
+        # FAISS gives inner products, largest first; a distance is smaller for nearer. Rounding can lift a
+        # unit vector's product with itself just past 1: a distance is never below 0 (a valid cutoff).
+        return (np.maximum(1.0 - found, 0.0) if self.spec.metric == "ip" else found), ids
 
     def _rescored(self, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k best of a compressed index's candidates by their exact inner products, in the index's

@@ -9,7 +9,8 @@ character, so a one-character query finds it inside a longer run.
 
 A query word finds known words exactly (the index's own look-up), and here by prefix, by substring,
 within a few edits, and by sound (double metaphone, primary and secondary codes). Each way has a
-weight, best first: EXACT, PREFIX, SUBSTRING, ONE_EDIT, TWO_EDITS, SOUND.
+weight, best first: EXACT, PREFIX, SUBSTRING, ONE_EDIT, TWO_EDITS, SOUND. A word that sounds the same
+and is within two edits counts as both (`either`): above the edits alone, below a substring.
 """
 
 import bisect
@@ -44,6 +45,11 @@ _CJK = (
 )
 _TOKEN = re.compile(f"[{_CJK}]+|[^\\s{_CJK}]+")
 _IS_CJK = re.compile(f"[{_CJK}]")
+
+
+def either(*weights: float) -> float:
+    """The weight of a match shown by independent signs: one minus the chance that all of them mislead."""
+    return 1.0 - math.prod(1.0 - weight for weight in weights)
 
 
 def allowed_edits(length: int) -> int:
@@ -256,7 +262,9 @@ class Vocabulary:
                 offer(candidate, EDIT_WEIGHTS[distance])
         for code in sounds(word):
             for candidate in self._sounds.get(code, ()):
-                offer(candidate, SOUND)
+                # Spelt close and sounding the same: two signs of one word ("fone" for "phone" outranks "one").
+                distance = OSA.distance(word, candidate, score_cutoff=2)
+                offer(candidate, either(EDIT_WEIGHTS[distance], SOUND) if distance <= 2 else SOUND)
         found.pop(word, None)
         if len(found) > MAX_SIMILAR:
             best = sorted(found, key=lambda c: (-found[c], abs(len(c) - len(word)), c))[:MAX_SIMILAR]

@@ -48,19 +48,19 @@ def fetch_weights(weights: RemoteWeights, models_dir: Path, progress: bool = Tru
             f"model {weights.name!r} has no trusted sha256 (got {weights.sha256!r}), so neither a download from "
             f"{weights.url} nor a file at {path} can be verified; give its weights entry the sha256 you trust"
         )
-    if _is_verified(path, weights.sha256):
+    if is_verified(path, weights.sha256):
         return path  # no lock needed to read a complete file, so a read-only models_dir works too
     path.parent.mkdir(parents=True, exist_ok=True)  # filename may name a subfolder of models_dir
     with locked(models_dir / ".lock"):  # two processes starting at once download the file only once
-        if _is_verified(path, weights.sha256):
+        if is_verified(path, weights.sha256):
             return path  # another process downloaded it while we waited
         path.unlink(missing_ok=True)  # truncated or replaced: download it again rather than load it
         _download(weights, path, progress)
-        _is_verified(path, weights.sha256)  # remember it, so the next call does not hash it again
+        is_verified(path, weights.sha256)  # remember it, so the next call does not hash it again
     return path
 
 
-def _is_verified(path: Path, sha256: str) -> bool:
+def is_verified(path: Path, sha256: str) -> bool:
     """Whether path exists with this sha256 (hashed once per process while its size and mtime stay)."""
     try:
         stat = path.stat()

@@ -26,6 +26,10 @@ def set_threads(threads: int) -> None:
     _threads = threads
 
 
+def threads() -> int:
+    return _threads
+
+
 def open_session(path: Path):
     """An ONNX Runtime CPU session for the model at `path`."""
     import onnxruntime

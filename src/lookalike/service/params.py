@@ -160,6 +160,21 @@ class HitOut(BaseModel):
     file_name: str
 
 
+class TextLineOut(BaseModel):
+    """A line of text read in an image."""
+
+    text: str
+    confidence: float = Field(description="How sure the reader was, 0 to 1.")
+    box: list[tuple[float, float]] = Field(
+        description="The corners (x, y) as fractions of the image's width and height, clockwise from the top "
+        "left of the text as it reads (an upside-down line starts at the image's lower right)."
+    )
+
+    @classmethod
+    def of(cls, lines) -> list["TextLineOut"]:
+        return [cls(text=line.text, confidence=line.confidence, box=list(line.box)) for line in lines]
+
+
 class Added(BaseModel):
     image_id: int
 

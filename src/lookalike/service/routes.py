@@ -28,6 +28,7 @@ from .params import (
     SearchEverywhereParams,
     SearchParams,
     SimilarToText,
+    TextLineOut,
 )
 
 router = APIRouter(dependencies=[Depends(can_read)])
@@ -196,3 +197,18 @@ def image_tags(request: Request, image: ImageFile) -> list[str]:
 @router.get("/images/{image_id}/tags", tags=["tags"], responses=STORED_SEARCH_ERRORS)
 def stored_tags(request: Request, image_id: ImageIdPath) -> list[str]:
     return library_of(request).tags_of_id(image_id)
+
+
+# -- text ----------------------------------------------------------------------------------------
+
+
+@router.post("/get_image_text", tags=["text"], responses=IMAGE_SEARCH_ERRORS)
+def image_text_lines(request: Request, image: ImageFile) -> list[TextLineOut]:
+    """The lines of text read in an uploaded image (not stored), with where each is."""
+    return TextLineOut.of(library_of(request).feature_of_image("text", read_upload(request, image)))
+
+
+@router.get("/images/{image_id}/text", tags=["text"], responses=STORED_SEARCH_ERRORS)
+def stored_text(request: Request, image_id: ImageIdPath) -> list[TextLineOut]:
+    """The lines of text read in a stored image, with where each is."""
+    return TextLineOut.of(library_of(request).feature_of_id("text", image_id))
