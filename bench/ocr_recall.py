@@ -4,23 +4,25 @@ Corpus (seeded): RENDERED photos, each a real photo (test_photos + mvtb, seeded 
 1024 px on its long side with ONE word rendered in it (tests/words_in_photos.py): distinct lowercase
 words of 5-12 letters from Debian's wamerican, none a substring of another, within 3 edits of another
 or of the same sound; one photo in 10 shows a plate "AB12 CDE" instead. Height x rotation is a full
-cross ({12..80} px x {0, 5, 90, 180} degrees, RENDERED / 28 each); font (18), case (lower, Title,
-UPPER), dark-on-light and plate are balanced lists, each shuffled. DISTRACTORS text-free photos: the
-real photos (test_photos, mvtb, OpenCV samples less those with text, NOT_TEXT_FREE) and seeded
-variants of them (a 50-90% crop, mirrored half the time), all scaled to 1024 px.
+cross ({12..80} px x {0, 5, 90, 180} degrees, 12 photos each); font (18), case (lower, Title, UPPER),
+dark-on-light and plate are balanced lists, each shuffled. DISTRACTORS text-free photos: the real
+photos (test_photos, mvtb, the OpenCV samples but NOT_TEXT_FREE) and seeded variants of them (a
+50-90% crop, mirrored half the time), all scaled to 1024 px.
 
-Readings: TextReader.read (no confidence cutoff) of every photo at detection side 640, of the
-rendered photos and SIDE_TIMED distractors also at 384, 512 and 960, two worker processes of one
-ONNX Runtime thread each; cached (JSON lines) under bench/results/cache/ocr_recall/.
+Readings: TextReader.read, no confidence cutoff, of every photo at detection side 640 and of the
+rendered photos also at 384, 512 and 960; two worker processes of one ONNX Runtime thread each;
+cached (JSON lines) in bench/results/cache/ocr_recall/. Timings: SIDE_TIMED distractors and
+TIMED_RENDERED rendered photos read again in this process alone, one thread, at every side in turn:
+time.process_time around read, and Reading.seconds (wall) per step.
 
 Queries per rendered word W (lowercase): exact W; one seeded edit (substitute, insert, delete, swap;
-not a wamerican word); a sound-alike spelling by rules (ph/f, ck/k, doubled letters, y/i, s/z,
-tion/shun, x/ks, a final e dropped, ...) with W's double metaphone primary code; an inner substring of
-4-6 letters (W of 6+ letters; found in no other rendered word). Plates: the whole plate. Each query
-is library.similar_to_text("text", q, k=10) on a Library holding every photo's lines_of(reading);
-recall@1 = its photo is the top hit. Rendered photos get the highest ids, so a tie goes against them.
+not a wamerican word); a sound-alike spelling with W's double metaphone primary code, made by one or
+two rules (ph/f, c/k, ck/k, y/i, s/z, tion/shun, x/ks, a doubled or undoubled consonant, a final e
+dropped, ...), the farthest from W in edits; an inner substring of 4-6 letters (W of 6+ letters)
+found in no other rendered word. Plates: the whole plate. Each is library.similar_to_text("text", q,
+k=10) on a Library holding every photo's lines_of(reading); recall@1: its photo is the top hit.
 
-Run: .venv/bin/python bench/ocr_recall.py   (scripts/fetch-photos ~/.cache/lookalike/photos --with-mvtb first)
+Run: .venv/bin/python bench/ocr_recall.py   (after scripts/fetch-photos ~/.cache/lookalike/photos --with-mvtb)
 """
 
 import json
@@ -46,25 +48,26 @@ sys.path.insert(0, str(common.BENCH_DIR.parent / "tests"))
 from words_in_photos import LONG_SIDE, Lettering, fonts, render  # noqa: E402
 
 import lookalike.engines.text as text_engine  # noqa: E402
+from lookalike.indexes.words import allowed_edits  # noqa: E402
 from lookalike.library import Library  # noqa: E402
 from lookalike.models.ocr import Reading, ReadLine  # noqa: E402
 from lookalike.store import ImageRecord  # noqa: E402
 
-RENDERED, DISTRACTORS, SIDE_TIMED = 336, 2200, 100
+RENDERED, DISTRACTORS, SIDE_TIMED, TIMED_RENDERED = 336, 2200, 100, 56
 HEIGHTS, ANGLES = (12, 16, 20, 28, 40, 56, 80), (0, 5, 90, 180)
 SIDES, SIDE = (384, 512, 640, 960), 640
 CUTOFFS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-KINDS = ("exact", "one edit", "sound-alike", "substring", "plate")
+KINDS, EXACT = ("exact", "one edit", "sound-alike", "substring", "plate"), ("exact", "plate")
 TARGETS = {"exact": 0.95, "one edit": 0.85, "sound-alike": 0.70, "substring": 0.90}  # at 20 px and more
 WORD_LIST = Path("/usr/share/dict/american-english")
 CACHE = common.CACHE_DIR / "ocr_recall"
-NOT_TEXT_FREE = {  # OpenCV samples showing text (or digits, a logo, a plate, book covers)
+NOT_TEXT_FREE = {  # OpenCV samples showing text, digits, a logo, a plate or book covers
     "imageTextN.png", "imageTextR.png", "text_defocus.jpg", "text_motion.jpg", "LinuxLogo.jpg", "box.png",
     "box_in_scene.png", "digits.png", "sudoku.png", "licenseplate_motion.jpg", "opencv-logo.png",
     "opencv-logo-white.png", "left.jpg", "right.jpg", "messi5.jpg",
 }  # fmt: skip
 SOUND_RULES = [("ph", "f"), ("f", "ph"), ("ck", "k"), ("c", "k"), ("k", "c"), ("y", "i"), ("i", "y"), ("z", "s"),
-               ("s", "z"), ("tion", "shun"), ("x", "ks"), ("qu", "kw"), ("ee", "ea"), ("ea", "ee"), ("oo", "u")]  # fmt: skip
+               ("s", "z"), ("tion", "shun"), ("x", "ks"), ("qu", "kw"), ("ee", "ea"), ("ea", "ee"), ("oo", "u")]
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class Photo:
     key: str  # names every parameter: a changed corpus never meets a stale cached reading
     base: str
     lettering: Lettering | None = None
-    crop: tuple[float, float, float] | None = None  # side fraction, left and top (fractions of the slack)
+    crop: tuple[float, float, float] | None = None  # side fraction; left and top as fractions of the slack
     mirror: bool = False
 
 
@@ -104,10 +107,10 @@ def all_photos() -> tuple[dict[str, Image.Image], list[str], list[str]]:
     return photos, rendered_into, sorted(photos)
 
 
-def choose_words(dictionary: list[str], count: int, rng: random.Random) -> list[str]:
+def choose_words(dictionary: list[str], rng: random.Random) -> list[str]:
     chosen, codes = [], set()
     for word in rng.sample(dictionary, len(dictionary)):
-        if len(chosen) == count:
+        if len(chosen) == RENDERED:
             break
         code = doublemetaphone(word)[0]
         if 5 <= len(word) <= 12 and code not in codes and not any(
@@ -120,48 +123,42 @@ def choose_words(dictionary: list[str], count: int, rng: random.Random) -> list[
 
 def corpus(rendered_into: list[str], distractor_bases: list[str], words: list[str], rng: random.Random):
     """(rendered photos, their words or plates, distractors)."""
-    def balanced(levels):
-        column = [levels[i % len(levels)] for i in range(RENDERED)]
-        return rng.sample(column, RENDERED)
-
+    balanced = lambda levels: rng.sample([levels[i % len(levels)] for i in range(RENDERED)], RENDERED)  # noqa: E731
     font_list, cases = balanced(fonts()), balanced(["lower", "title", "upper"])
     darks, plates = balanced([True, False]), balanced([True, False])
     bases = [rendered_into[i % len(rendered_into)] for i in rng.sample(range(RENDERED), RENDERED)]
-    letters = "ABCDEFGHJKLMNPRSTVWXYZ"
-    rendered, texts, words = [], [], iter(words)
+    rendered, texts, words, letters = [], [], iter(words), "ABCDEFGHJKLMNPRSTVWXYZ"
     for i in range(RENDERED):
         height, angle = HEIGHTS[i % len(HEIGHTS)], ANGLES[i // len(HEIGHTS) % len(ANGLES)]
         if i % 10 == 9:
-            text = "".join(rng.choices(letters, k=2)) + f"{rng.randrange(100):02d} " + "".join(rng.choices(letters, k=3))
-            shown = text
+            two, number = "".join(rng.choices(letters, k=2)), f"{rng.randrange(100):02d}"
+            text = shown = f"{two}{number} " + "".join(rng.choices(letters, k=3))
         else:
             text = next(words)
             shown = {"lower": text, "title": text.title(), "upper": text.upper()}[cases[i]]
-        lettering = Lettering(shown, height, angle, font_list[i], darks[i], plates[i])
         style = f"{font_list[i].stem}-{'dark' if darks[i] else 'light'}-{'plate' if plates[i] else 'bare'}"
         key = f"r{i:03d}-{shown}-h{height}-a{angle}-{style}-{bases[i]}"
-        rendered.append(Photo(key, bases[i], lettering))
+        rendered.append(Photo(key, bases[i], Lettering(shown, height, angle, font_list[i], darks[i], plates[i])))
         texts.append(text)
     distractors = [Photo(f"d-{name}", name) for name in distractor_bases]
     for i in range(DISTRACTORS - len(distractor_bases)):
         name, crop = distractor_bases[i % len(distractor_bases)], (rng.uniform(0.5, 0.9), rng.random(), rng.random())
         mirror = rng.random() < 0.5
-        distractors.append(Photo(f"d{i:04d}-{name}-{crop[0]:.3f}-{crop[1]:.3f}-{crop[2]:.3f}-{mirror:d}", name, None, crop, mirror))
+        key = f"d{i:04d}-{name}-{crop[0]:.3f}-{crop[1]:.3f}-{crop[2]:.3f}-{mirror:d}"
+        distractors.append(Photo(key, name, None, crop, mirror))
     return rendered, texts, distractors
 
 
-def respelt(text: str) -> set[str]:
-    """Spellings of `text` changed by one SOUND_RULES rule or a dropped final e."""
+def respelt(text: str, rules: bool = True) -> set[str]:
+    """Spellings of `text` changed by one SOUND_RULES rule or a dropped final e (`rules`), or else with
+    one inner consonant doubled or a double one single."""
+    if not rules:
+        return {text[:i] + text[i] + text[i:] if text[i] != text[i - 1] else text[:i] + text[i + 1 :]
+                for i in range(1, len(text) - 1) if text[i] not in "aeiouy"}  # fmt: skip
     variants = {text[:-1]} if text.endswith("e") else set()
     for before, after in SOUND_RULES:
         variants |= {text[:i] + after + text[i + len(before) :] for i in range(len(text)) if text.startswith(before, i)}
     return variants
-
-
-def redoubled(text: str) -> set[str]:
-    """Spellings of `text` with one inner consonant doubled, or a double one single."""
-    return {text[:i] + text[i] + text[i:] if text[i] != text[i - 1] else text[:i] + text[i + 1 :]
-            for i in range(1, len(text) - 1) if text[i] not in "aeiouy"}  # fmt: skip
 
 
 def queries(text: str, known: set[str], others: list[str], rng: random.Random) -> dict[str, str]:
@@ -169,19 +166,18 @@ def queries(text: str, known: set[str], others: list[str], rng: random.Random) -
     if " " in text:
         return {"plate": text.lower()}
     asked = {"exact": text}
-    while True:
-        i, edit = rng.randrange(len(text)), rng.choice(["substitute", "insert", "delete", "swap"])
+    while "one edit" not in asked:
+        i, edit = rng.randrange(len(text)), rng.choice("sidw")  # substitute, insert, delete, swap
         letter = rng.choice(string.ascii_lowercase)
-        edited = {"substitute": text[:i] + letter + text[i + 1 :], "insert": text[:i] + letter + text[i:],
-                  "delete": text[:i] + text[i + 1 :], "swap": text[:i] + text[i + 1 : i + 2] + text[i] + text[i + 2 :]}[edit]  # fmt: skip
+        edited = {"s": text[:i] + letter + text[i + 1 :], "i": text[:i] + letter + text[i:],
+                  "d": text[:i] + text[i + 1 :], "w": text[:i] + text[i + 1 : i + 2] + text[i] + text[i + 2 :]}[edit]
         if edited != text and edited not in known:
             asked["one edit"] = edited
-            break
-    once = respelt(text)  # a rule, a doubling, or a rule and then another rule or a doubling
-    variants = once | redoubled(text) | {twice for v in once for twice in respelt(v) | redoubled(v)}
+    once = respelt(text)  # a rule; a doubling; or a rule and then another rule or a doubling
+    variants = once | respelt(text, False) | {twice for v in once for twice in respelt(v) | respelt(v, False)}
     code = doublemetaphone(text)[0]
     alike = [v for v in sorted(variants) if v != text and v not in known and doublemetaphone(v)[0] == code]
-    if alike:  # the farthest spellings: those that no edit reaches test the match by sound
+    if alike:  # the farthest spellings: those no edit reaches test the match by sound alone
         farthest = max(OSA.distance(text, v) for v in alike)
         asked["sound-alike"] = rng.choice([v for v in alike if OSA.distance(text, v) == farthest])
     inner = [text[s : s + n] for n in (4, 5, 6) for s in range(1, len(text) - n)]
@@ -191,7 +187,7 @@ def queries(text: str, known: set[str], others: list[str], rng: random.Random) -
     return asked
 
 
-# -- reading, in worker processes --------------------------------------------------------------------
+# -- reading ----------------------------------------------------------------------------------------
 
 _readers = {}
 
@@ -213,63 +209,66 @@ def read(key: str, side: int, image: Image.Image) -> dict:
 
 
 def readings(jobs: list[tuple[Photo, int]], photos: dict[str, Image.Image]) -> dict[tuple[str, int], dict]:
-    """{(key, side): reading record}, read where not cached."""
+    """{(key, side): reading record}: two worker processes read what is not cached yet."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / "readings.jsonl"
-    cached = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            cached[record["key"], record["side"]] = record
+    path, cached = CACHE / "readings.jsonl", {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        record = json.loads(line)
+        cached[record["key"], record["side"]] = record
     missing = [(photo, side) for photo, side in jobs if (photo.key, side) not in cached]
     print(f"{len(jobs) - len(missing)} readings cached, {len(missing)} to read", flush=True)
-    started = time.perf_counter()
+    started, pending = time.perf_counter(), deque()  # a few images in flight: the next built meanwhile
     with ProcessPoolExecutor(2) as pool, path.open("a") as out:
-
-        def save(record: dict) -> None:
-            cached[record["key"], record["side"]] = record
-            out.write(json.dumps(record) + "\n")
-            if len(cached) % 100 == 0:
-                out.flush()
-                print(f"  {len(cached)}/{len(jobs)} in {time.perf_counter() - started:.0f} s", flush=True)
-
-        pending = deque()  # a few images in flight: the next are built while the workers read
-        for photo, side in missing:
-            pending.append(pool.submit(read, photo.key, side, build(photo, photos)))
-            if len(pending) > 8:
-                save(pending.popleft().result())
-        while pending:
-            save(pending.popleft().result())
+        for i, (photo, side) in enumerate(missing + [(None, None)] * 9):
+            if photo is not None:
+                pending.append(pool.submit(read, photo.key, side, build(photo, photos)))
+            if pending and (len(pending) > 8 or photo is None):
+                record = pending.popleft().result()
+                cached[record["key"], record["side"]] = record
+                out.write(json.dumps(record) + "\n")
+            if i % 100 == 99:
+                print(f"  {i + 1}/{len(missing)} in {time.perf_counter() - started:.0f} s", flush=True)
     return cached
 
 
-def features(record: dict, cutoff: float = text_engine.MIN_CONFIDENCE):
+def timings(group: list[Photo], photos: dict[str, Image.Image]) -> dict[int, list[dict]]:
+    """{side: records} read here, alone, one thread, each photo at every side in turn (the first side
+    rotating), so that load from elsewhere on the machine falls on all sides alike. Not cached."""
+    for side in SIDES:
+        read("warm-up", side, build(group[0], photos))
+    found = {side: [] for side in SIDES}
+    for i, photo in enumerate(group):
+        image = build(photo, photos)
+        for side in SIDES[i % len(SIDES) :] + SIDES[: i % len(SIDES)]:
+            found[side].append(read(photo.key, side, image))
+    return found
+
+
+# -- search and report -------------------------------------------------------------------------------
+
+
+def features(record: dict, cutoff: float):
     reading = Reading([ReadLine(t, c, np.array(corners)) for t, c, corners in record["lines"]], record["seconds"])
-    saved, text_engine.MIN_CONFIDENCE = text_engine.MIN_CONFIDENCE, cutoff  # lines_of reads it at each call
-    try:
-        return text_engine.lines_of(reading, tuple(record["size"]))
-    finally:
-        text_engine.MIN_CONFIDENCE = saved
+    return text_engine.lines_of(reading, tuple(record["size"]), cutoff)
 
 
-def outcomes(distractor_features: list, rendered_features: list, asked: list[dict[str, str]]) -> list[dict]:
-    """One row per query: its photo's index, kind, whether its photo was the top hit, why not."""
-    first = len(distractor_features)
+def outcomes(lines: list, distractors: int, asked: list[dict[str, str]]) -> list[dict]:
+    """One row per query: its photo, kind, whether its photo was the top hit, and what was. Image ids:
+    the distractors first, then the rendered photos, so that a tie goes against the rendered photo."""
     with tempfile.TemporaryDirectory() as folder, Library(Path(folder), ["text"]) as library:
-        every = distractor_features + rendered_features
-        library.add_many([(ImageRecord(i, f"p{i}"), {"text": f}) for i, f in enumerate(every)])
+        library.add_many([(ImageRecord(i, f"p{i}"), {"text": f}) for i, f in enumerate(lines)])
         rows = []
         for i, kinds in enumerate(asked):
+            target = distractors + i
             for kind, query in kinds.items():
                 hits = library.similar_to_text("text", query, k=10)
-                score = {h.image_id: h.score for h in hits}
                 top = hits[0] if hits else None
-                wrong = [h.score for h in hits if h.image_id < first]
                 rows.append({
-                    "photo": i, "kind": kind, "query": query, "found": bool(top) and top.image_id == first + i,
-                    "tie_lost": bool(top) and top.image_id != first + i and score.get(first + i) == top.score,
-                    "by_distractor": bool(top) and top.image_id < first,
-                    "distractor_best": max(wrong, default=0.0), "top_score": top.score if top else 0.0,
+                    "photo": i, "kind": kind, "query": query, "found": bool(top) and top.image_id == target,
+                    "tie_lost": bool(top) and any(h.image_id == target and h.score == top.score for h in hits[1:]),
+                    "top": top.image_id if top else -1, "top_score": top.score if top else 0.0,
+                    "distractor_best": max((h.score for h in hits if h.image_id < distractors), default=0.0),
+                    "best_distractor": next((h.image_id for h in hits if h.image_id < distractors), -1),
                 })  # fmt: skip
         return rows
 
@@ -279,111 +278,122 @@ def recall(rows: list[dict], **where) -> str:
     return f"{np.mean(chosen):.2f} ({len(chosen)})" if chosen else "-"
 
 
-def ms(values, q: float) -> str:
+def ms(values, q: float = 50) -> str:
     return f"{common.percentile(values, q) * 1000:.0f}"
+
+
+def is_junk(text: str) -> bool:
+    """A line none of these photos holds: one character, or Chinese or Japanese (textures misread)."""
+    return len(text) == 1 or any("\u3000" <= c <= "\u9fff" or "\uff00" <= c <= "\uffef" for c in text)
+
+
+def query_tables(rows: list[dict], distractors: int) -> dict[str, str]:
+    overall = []
+    for kind in KINDS:
+        missed = [r for r in rows if r["kind"] == kind and not r["found"]]
+        best = max(r["distractor_best"] for r in rows if r["kind"] == kind)
+        overall.append([kind, recall(rows, kind=kind), sum(0 <= r["top"] < distractors for r in missed),
+                        sum(r["top"] >= distractors for r in missed), sum(r["top"] < 0 for r in missed),
+                        sum(r["tie_lost"] for r in missed), f"{best:.2f}"])  # fmt: skip
+    headers = ["kind", "recall@1 (n)", "missed: a distractor first", "missed: another rendered photo first",
+               "missed: no hit", "ties lost", "best distractor relevance"]  # fmt: skip
+    tables = {"recall@1 per query kind": common.table(headers, overall)}
+    styles = ["dark on plate", "dark bare", "light on plate", "light bare"]
+    for name, field, values in (("per text height (px in the 1024-px photo)", "height", HEIGHTS),
+                                ("per rotation (degrees)", "angle", ANGLES),
+                                ("per font family", "family", sorted({r["family"] for r in rows})),
+                                ("per styling", "style", styles)):  # fmt: skip
+        body = [[v, *(recall(rows, kind=k, **{field: v}) for k in KINDS)] for v in values]
+        tables[name] = common.table([field, *KINDS], body)
+    tall = [r for r in rows if r["height"] >= 20]
+    met = lambda kind, target: np.mean([r["found"] for r in tall if r["kind"] == kind]) >= target  # noqa: E731
+    tables["targets (text 20 px and taller)"] = common.table(
+        ["kind", "recall@1, >= 20 px", "all heights", "target", "met"],
+        [[k, recall(tall, kind=k), recall(rows, kind=k), f"{t:.2f}", "yes" if met(k, t) else "**no**"]
+         for k, t in TARGETS.items()])  # fmt: skip
+    return tables
 
 
 def main() -> None:
     rng = random.Random(common.SEED)
     known = {w for w in WORD_LIST.read_text().split() if w.isascii() and w.isalpha() and w.islower()}
     photos, rendered_into, distractor_bases = all_photos()
-    words = choose_words(sorted(known), RENDERED, rng)
-    rendered, texts, distractors = corpus(rendered_into, distractor_bases, words, rng)
+    rendered, texts, distractors = corpus(rendered_into, distractor_bases, choose_words(sorted(known), rng), rng)
     asked = [queries(t, known, [o for o in texts if o != t], rng) for t in texts]
-    timed = rng.sample(distractors, SIDE_TIMED)
-    jobs = [(p, SIDE) for p in distractors + rendered] + [(p, s) for s in SIDES if s != SIDE for p in rendered + timed]
-    found = readings(jobs, photos)
+    other_sides = [(p, side) for side in SIDES if side != SIDE for p in rendered]
+    found = readings([(p, SIDE) for p in distractors + rendered] + other_sides, photos)
+    timed = timings(rng.sample(distractors, SIDE_TIMED) + rng.sample(rendered, TIMED_RENDERED), photos)
+    load, everyone, first = os.getloadavg()[0], distractors + rendered, len(distractors)
 
-    def at(group: list[Photo], side: int = SIDE, cutoff: float = text_engine.MIN_CONFIDENCE) -> list:
-        return [features(found[p.key, side], cutoff) for p in group]
+    def run(side: int = SIDE, cutoff: float = text_engine.MIN_CONFIDENCE, kinds=KINDS) -> list[dict]:
+        """The queries of `kinds` on a library of the distractors (read at 640) and the rendered photos (at `side`)."""
+        lines = [features(found[p.key, SIDE if i < first else side], cutoff) for i, p in enumerate(everyone)]
+        rows = outcomes(lines, first, [{k: q for k, q in a.items() if k in kinds} for a in asked])
+        for row in rows:
+            shown = rendered[row["photo"]].lettering
+            style = ("dark" if shown.dark_on_light else "light") + (" on plate" if shown.plate else " bare")
+            row.update(height=shown.height, angle=shown.angle, family=shown.font.stem.split("-")[0], style=style)
+        return rows
 
-    rows = outcomes(at(distractors), at(rendered), asked)
-    for row in rows:
-        lettering = rendered[row["photo"]].lettering
-        row.update(height=lettering.height, angle=lettering.angle, family=lettering.font.stem.split("-")[0],
-                   style=("dark" if lettering.dark_on_light else "light") + (" on plate" if lettering.plate else " bare"))  # fmt: skip
-    present = [k for k in KINDS if any(r["kind"] == k for r in rows)]
-    sections = {}
-
-    def grouped(name: str, field: str, values) -> None:
-        body = [[v, *(recall(rows, kind=k, **{field: v}) for k in present)] for v in values]
-        sections[name] = common.table([field, *present], body)
-
-    overall = []
-    for kind in present:
-        of = [r for r in rows if r["kind"] == kind]
-        overall.append([kind, recall(rows, kind=kind), sum(r["by_distractor"] for r in of),
-                        sum(not r["found"] and not r["by_distractor"] and r["top_score"] > 0 for r in of),
-                        sum(r["top_score"] == 0 for r in of), sum(r["tie_lost"] for r in of),
-                        f"{max(r['distractor_best'] for r in of):.3f}"])  # fmt: skip
-    sections["recall@1 per query kind"] = common.table(
-        ["kind", "recall@1 (n)", "lost to a distractor", "lost to another word", "no hit", "ties lost",
-         "max distractor relevance"], overall)  # fmt: skip
-    grouped("per text height (px in the 1024-px photo)", "height", HEIGHTS)
-    grouped("per rotation (degrees)", "angle", ANGLES)
-    grouped("per font family", "family", sorted({r["family"] for r in rows}))
-    grouped("per styling", "style", ["dark on plate", "dark bare", "light on plate", "light bare"])
-    tall = [r for r in rows if r["height"] >= 20]
-    sections["targets (text 20 px and taller)"] = common.table(
-        ["kind", "recall@1, >= 20 px", "all heights", "target", "met"],
-        [[k, recall(tall, kind=k), recall(rows, kind=k), f"{t:.2f}",
-          "yes" if np.mean([r["found"] for r in tall if r["kind"] == k]) >= t else "**no**"]
-         for k, t in TARGETS.items() if k in present])  # fmt: skip
-
+    rows = run()
+    sections = query_tables(rows, first)
     cutoff_rows = []
     for cutoff in CUTOFFS:
-        kept = [[line for line in found[p.key, SIDE]["lines"] if line[1] >= cutoff] for p in distractors]
-        exact = outcomes(at(distractors, cutoff=cutoff), at(rendered, cutoff=cutoff),
-                         [{k: q for k, q in a.items() if k in ("exact", "plate")} for a in asked])  # fmt: skip
-        cutoff_rows.append([f"{cutoff:.1f}", recall(exact), sum(map(len, kept)), sum(bool(k) for k in kept)])
-    sections["confidence cutoff (default side 640)"] = common.table(
-        ["cutoff", "exact + plate recall@1", f"distractor lines kept (of {len(distractors)} photos)", "distractor photos with text"],
-        cutoff_rows)  # fmt: skip
+        kept = [[line[0] for line in found[p.key, SIDE]["lines"] if line[1] >= cutoff] for p in distractors]
+        cut = run(cutoff=cutoff)
+        cutoff_rows.append([f"{cutoff:.1f}", recall([r for r in cut if r["kind"] in EXACT]), recall(cut),
+                            sum(map(len, kept)), sum(is_junk(t) for k in kept for t in k),
+                            sum(map(bool, kept))])  # fmt: skip
+    sections["confidence cutoff (side 640)"] = common.table(
+        ["cutoff", "exact + plate recall@1", "all kinds recall@1", f"distractor lines kept ({first} photos)",
+         "of which 1 character or CJK", "distractor photos with a line"], cutoff_rows)  # fmt: skip
     side_rows = []
-    exact_only = [{k: q for k, q in a.items() if k in ("exact", "plate")} for a in asked]
     for side in SIDES:
-        side_out = outcomes(at(distractors), at(rendered, side), exact_only)
-        for row in side_out:
-            row["height"] = rendered[row["photo"]].lettering.height
-        detection = lambda ps: common.median([found[p.key, side]["seconds"]["detection"] for p in ps]) * 1000  # noqa: E731
-        cpu = common.median([found[p.key, side]["cpu"] for p in timed]) * 1000
-        side_rows.append([side, *(recall(side_out, height=h).split()[0] for h in HEIGHTS), recall(side_out).split()[0],
-                          f"{detection(rendered):.0f}", f"{detection(timed):.0f}", f"{cpu:.0f}"])  # fmt: skip
+        side_out = run(side, kinds=EXACT)
+        cells = [f"{ms([r['seconds']['detection'] for r in group])} / {ms([r['cpu'] for r in group])}"
+                 for group in (timed[side][:SIDE_TIMED], timed[side][SIDE_TIMED:])]  # fmt: skip
+        side_rows.append([side, *(recall(side_out, height=h).split()[0] for h in HEIGHTS),
+                          recall([r for r in side_out if r["height"] >= 20]).split()[0],
+                          recall(side_out).split()[0], *cells])  # fmt: skip
     sections["detection side: exact + plate recall@1 per height (distractors read at 640)"] = common.table(
-        ["side", *(f"{h} px" for h in HEIGHTS), "all", "detection ms p50, rendered",
-         f"detection ms p50, {SIDE_TIMED} distractors", f"CPU ms p50, {SIDE_TIMED} distractors"], side_rows)  # fmt: skip
-    cost_rows = []
-    for name, group in (("text-free distractors", distractors), ("rendered photos", rendered)):
-        records = [found[p.key, SIDE] for p in group]
-        cells = [f"{ms([r['cpu'] for r in records], 50)} / {ms([r['cpu'] for r in records], 90)}"]
-        for step in ("detection", "direction", "recognition"):
-            values = [r["seconds"][step] for r in records]
-            cells.append(f"{ms(values, 50)} / {ms(values, 90)}")
-        cost_rows.append([f"{name} ({len(records)})", *cells])
-    sections["cost per photo at side 640, one thread: ms p50 / p90 (target: text-free CPU < 60 ms)"] = common.table(
-        ["photos", "CPU (process_time)", "detection (wall)", "direction (wall)", "recognition (wall)"], cost_rows)
+        ["side", *(f"{h} px" for h in HEIGHTS), ">= 20 px", "all", f"{SIDE_TIMED} text-free: detection / CPU ms p50",
+         f"{TIMED_RENDERED} rendered: detection / CPU ms p50"], side_rows)  # fmt: skip
+    cost_rows, both = [], lambda values: f"{ms(values)} / {ms(values, 90)}"  # noqa: E731
+    for name, records, group in (("text-free", timed[SIDE][:SIDE_TIMED], distractors),
+                                 ("rendered", timed[SIDE][SIDE_TIMED:], rendered)):  # fmt: skip
+        steps = [both([r["seconds"][step] for r in records]) for step in ("detection", "direction", "recognition")]
+        pooled = both([found[p.key, SIDE]["cpu"] for p in group])
+        cpu = both([r["cpu"] for r in records])
+        cost_rows.append([f"{name} ({len(records)})", cpu, *steps, f"{pooled} ({len(group)})"])
+    sections["cost per photo at side 640, one thread, ms p50 / p90 (target: text-free CPU < 60 ms)"] = common.table(
+        ["photos (n)", "CPU (process_time)", "detection (wall)", "direction (wall)", "recognition (wall)",
+         "CPU, 2 processes at once (n)"], cost_rows)  # fmt: skip
 
-    sounds = sum("sound-alike" in a for a in asked)
-    words_n = sum("exact" in a for a in asked)
-    print(f"{len(rendered)} rendered photos ({words_n} words, {len(rendered) - words_n} plates), "
-          f"{len(distractors)} distractors from {len(distractor_bases)} photos; "
-          f"{sounds} of {words_n} words had a sound-alike spelling, "
-          f"{sum('substring' in a for a in asked)} a unique inner substring")  # fmt: skip
+    words = sum("exact" in a for a in asked)
+    sound = [(a["exact"], a["sound-alike"]) for a in asked if "sound-alike" in a]
+    print(f"{len(rendered)} rendered photos ({words} words, {len(rendered) - words} plates), {first} distractors from "
+          f"{len(distractor_bases)} photos; {len(sound)} of {words} words had a sound-alike spelling "
+          f"({sum(OSA.distance(w, v) <= allowed_edits(len(v)) for w, v in sound)} within the index's edit reach), "
+          f"{sum('substring' in a for a in asked)} an inner substring no other rendered word holds; "
+          f"load average after the timing pass {load:.1f}")  # fmt: skip
     for name, markdown in sections.items():
         print(f"\n### {name}\n\n{markdown}")
-    texty = sorted(((max(l[1] for l in found[p.key, SIDE]["lines"]), p.key, [l[0] for l in found[p.key, SIDE]["lines"] if l[1] >= 0.5])
-                    for p in distractors if any(l[1] >= 0.5 for l in found[p.key, SIDE]["lines"])), reverse=True)  # fmt: skip
-    print("\nDistractor lines kept at 0.5 (best confidence, photo, lines):")
-    for confidence, key, lines in texty[:40]:
-        print(f"  {confidence:.2f} {key}: {lines}")
+
+    def shown(image_id: int, cutoff: float = text_engine.MIN_CONFIDENCE) -> str:
+        lines = [(t, round(c, 2)) for t, c, _ in found[everyone[image_id].key, SIDE]["lines"] if c >= cutoff]
+        return f"{everyone[image_id].key[:50]} {lines[:6]}"
+
+    print("\nExact queries a distractor answers with relevance >= 0.3: query, relevance, the distractor's lines")
+    answered = [r for r in rows if r["kind"] in EXACT and r["distractor_best"] >= 0.3]
+    for r in sorted(answered, key=lambda r: -r["distractor_best"]):
+        print(f"  {r['query']!r} {r['distractor_best']:.2f} {shown(r['best_distractor'])}")
     misses = [r for r in rows if not r["found"]]
-    print(f"\nMisses ({len(misses)}): kind, query, height, angle, font, what OCR read (confidence)")
+    print(f"\nMisses ({len(misses)}): kind, query, photo: what OCR read at 640 (every line) -> the top hit")
     for r in misses:
-        read_lines = [(l[0], round(l[1], 2)) for l in found[rendered[r["photo"]].key, SIDE]["lines"]]
-        print(f"  {r['kind']}: {r['query']!r} h{r['height']} a{r['angle']} {rendered[r['photo']].lettering.font.stem} "
-              f"{r['style']}: {read_lines}")  # fmt: skip
+        top = f"{shown(r['top'])} {r['top_score']:.2f}" if r["top"] >= 0 else "none"
+        print(f"  {r['kind']}: {r['query']!r} {shown(first + r['photo'], 0.0)} -> {top}")
     print("\n" + common.machine_markdown())
-    common.save_json("ocr_recall", {"sections": sections, "queries": rows, "distractors_with_text": texty})
+    common.save_json("ocr_recall", {"sections": sections, "queries": rows, "load_average": load})
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from PIL import ImageOps
 from lookalike.config import Settings
 from lookalike.engines import create_engine
 from lookalike.indexes.points import PointIndex
+from lookalike.indexes.text import TextIndex
 from lookalike.library import Library
 from lookalike.store import FeatureStore
 
@@ -221,6 +222,8 @@ def assert_consistent(library: Library) -> None:
             if isinstance(index, PointIndex):  # the image's descriptors are one range of point ids
                 start, end = index.ranges.range_of(int(image_id))
                 assert end - start == len(feature)
+            elif isinstance(index, TextIndex):  # the image's words find it
+                assert not feature.lines or int(image_id) in [hit.image_id for hit in index.search([feature])]
             else:
                 assert np.array_equal(index.reconstruct(int(image_id)), feature)
 

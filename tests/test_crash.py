@@ -3,12 +3,14 @@ no half-written record, and keep every index equal to the store. bench/crash_tri
 trials by the hundred at random moments; these are a few chosen ones."""
 
 import json
+import random
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 from helpers import lookalike
+from words_in_photos import Lettering, render
 
 from lookalike.library import Library
 from lookalike.store import ImageRecord
@@ -35,6 +37,23 @@ def test_index_killed_mid_run(tmp_path, gallery, commits, checkpoint_seconds, re
     # With no index saved yet the reopen rebuilds them from the store; a saved one is caught up from the
     # journal (or was saved after the last commit), never rebuilt.
     assert ("rebuilt" in trial.recovery) == rebuilds, trial.recovery
+
+
+def test_index_with_text_killed_mid_run(tmp_path, photos, monkeypatch):
+    """The text engine's lines are committed with their image record, or neither is."""
+    monkeypatch.setattr(trials, "ENGINES", ["phash", "text"])
+    signs = {
+        name: render(photo, Lettering(f"GATE {number:02d}", 40, plate=True), random.Random(number))
+        for number, (name, photo) in enumerate(photos.items())
+    }
+    files = 240  # the text engine is slower: the indexer commits every 2 s, well before the end
+    gallery = trials.make_gallery(tmp_path / "gallery", signs, files)
+    trial = trials.index_trial(tmp_path / "data", gallery, 1, 0.0)
+    assert trial.mid_run and 0 < len(trial.acknowledged) < files, "the kill must land mid-run"
+    assert trial.findings.all() == []
+    with Library(tmp_path / "data", trials.ENGINES) as library:
+        assert library.store.count("text") == library.stats()["engines"]["text"]["indexed"] == files
+        assert library.similar_to_text("text", "gate", k=1), "the tiles' words are searchable"
 
 
 def test_index_rerun_killed_while_replacing_changed_files(tmp_path, gallery):

@@ -119,7 +119,8 @@ class TextIndex:
         if not image_ids:
             return
         slots = np.array([self._slot_of.pop(image_id) for image_id in image_ids], np.int32)
-        affected = {word for image_id in image_ids for word in self._words_of.pop(image_id).split("\n")}
+        # An image without words holds "" there, which splits into one empty "word" no posting has.
+        affected = {word for image_id in image_ids for word in self._words_of.pop(image_id).split("\n") if word}
         for word in affected:
             held = np.frombuffer(self._slots[word], np.int32)
             kept = ~np.isin(held, slots)

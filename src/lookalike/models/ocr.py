@@ -28,6 +28,7 @@ from . import runtime
 from .download import RemoteWeights, fetch_weights, is_verified
 
 _RELEASE = "https://www.modelscope.cn/models/RapidAI/RapidOCR/resolve/v3.10.0/onnx"
+SURE_DIRECTION = 0.9  # rapidocr's own: below it, "upside down or not" is settled by reading both ways
 TALL_CROP = 1.5  # RapidOCR turns a crop this many times taller than wide a quarter (utils.get_rotate_crop_image)
 
 
@@ -107,6 +108,7 @@ class TextReader:
                 "Det.limit_side_len": self.detection_side,
                 "Det.limit_type": "max",
                 "Cls.model_path": str(paths["Cls"]),
+                "Cls.cls_thresh": SURE_DIRECTION,  # turns a crop over only when this sure (see `read`)
                 "Rec.model_path": str(paths["Rec"]),
                 "EngineConfig.onnxruntime.intra_op_num_threads": threads,
                 "EngineConfig.onnxruntime.inter_op_num_threads": 1,
@@ -124,25 +126,33 @@ class TextReader:
 
     def read(self, image: Image.Image) -> Reading:
         """The lines of text in an RGB image, in reading order, each with its recogniser's confidence."""
+        from rapidocr.main import RapidOCRError
         from rapidocr.utils.process_img import map_boxes_to_original
 
         ocr = self._ocr
         pixels = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])  # PP-OCR was trained on BGR
         scaled, record = ocr.preprocess_img(pixels)
         started = time.perf_counter()
-        detected, directions, recognised, _ = ocr.run_ocr_steps(scaled, record)
-        seconds = {
-            "detection": detected.elapse or 0.0,
-            "direction": directions.elapse or 0.0,
-            "recognition": recognised.elapse or 0.0,
-        }
-        seconds["detection"] = seconds["detection"] or time.perf_counter() - started  # nothing found: no elapse
-        if detected.boxes is None or recognised.txts is None or directions.cls_res is None:
-            return Reading([], seconds)
+        try:
+            crops, detected = ocr.detect_and_crop(scaled, record)
+        except RapidOCRError:  # nothing detected: nothing to recognise
+            return Reading([], {"detection": time.perf_counter() - started, "direction": 0.0, "recognition": 0.0})
+        upright, directions = ocr.cls_and_rotate(crops)
+        # Where the direction classifier is unsure, the crop is also read turned over; the recogniser's
+        # confidence picks the reading (bench/ocr_recall.py: following the label alone misread upright
+        # lines of a printed page, keeping it alone left upside-down words unread).
+        turned = [label == "180" and score >= SURE_DIRECTION for label, score in directions.cls_res]
+        unsure = [i for i, (_, score) in enumerate(directions.cls_res) if score < SURE_DIRECTION]
+        recognised = ocr.recognize_txt(upright + [np.rot90(upright[i], 2) for i in unsure])
+        texts, scores = list(recognised.txts[: len(crops)]), list(recognised.scores[: len(crops)])
+        for i, text, score in zip(unsure, recognised.txts[len(crops) :], recognised.scores[len(crops) :]):
+            if score > scores[i]:
+                texts[i], scores[i], turned[i] = text, score, not turned[i]
+        seconds = {"detection": detected.elapse, "direction": directions.elapse, "recognition": recognised.elapse}
         boxes = map_boxes_to_original(detected.boxes.astype(np.float32), record, *pixels.shape[:2])
         lines = [
-            ReadLine(text.strip(), float(score), reading_corners(box, label == "180"))
-            for box, (label, _), text, score in zip(boxes, directions.cls_res, recognised.txts, recognised.scores)
+            ReadLine(text.strip(), float(score), reading_corners(box, upside_down))
+            for box, upside_down, text, score in zip(boxes, turned, texts, scores)
             if text.strip()
         ]
         return Reading(lines, seconds)
