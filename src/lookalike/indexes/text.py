@@ -13,7 +13,7 @@ word, at its best match:
     relevance(image) = (query words matched - 1 + quality) / query words
 
 `way` is EXACT 1.0 > PREFIX 0.8 > SUBSTRING 0.7 > ONE_EDIT 0.55 > TWO_EDITS 0.45 > SOUND 0.3 (a
-word within two edits that also sounds the same scores both: 1 - (1 - edits)(1 - SOUND)), and
+word within two edits that also sounds the same gets 0.05 over its edits' weight), and
 weight(q) is the query line's own weight (1 for typed text). Relevance is in (0, 1], 1 for an image
 holding every query word exactly in large, confidently read text; an image matching more query words
 always ranks above one matching fewer, since quality is in (0, 1]. A search with several variants
