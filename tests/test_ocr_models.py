@@ -15,7 +15,7 @@ from words_in_photos import Lettering, render
 from lookalike.engines import create_engine
 from lookalike.errors import ModelUnavailable
 from lookalike.models.download import RemoteWeights
-from lookalike.models.ocr import OCR_MODELS, OcrModel, TextReader, model_file
+from lookalike.models.ocr import OCR_MODELS, OcrModel, TextReader, _has_alphabet, shipped_file
 
 SHIPPED = OCR_MODELS["pp-ocrv6-small"]
 
@@ -39,6 +39,7 @@ def test_the_shipped_model_reads_with_the_network_off(tmp_path, sign, monkeypatc
     engine.prepare()
     assert [line.text for line in engine.extract(sign)] == ["Espresso Bar"]
     assert not (tmp_path / "models").exists(), "nothing is downloaded or copied"
+    assert _has_alphabet(shipped_file(SHIPPED.recognizer)), "the engine trusts the wheel's recogniser to carry it"
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="no unshare(1) here")
@@ -56,24 +57,29 @@ def test_the_shipped_model_reads_in_a_process_without_a_network(tmp_path, sign):
     assert done.stdout.strip() == "['Espresso Bar']"
 
 
-def served_copy(tmp_path: Path, weights: RemoteWeights, server: Server, sha256: str | None = None) -> RemoteWeights:
-    """The shipped file under another name on a local server, as a registry entry for it."""
-    name = f"copy-{Path(weights.filename).name}"
-    shutil.copy(model_file(weights, tmp_path / "unused"), tmp_path / "served" / name)
-    return RemoteWeights(f"copy of {weights.name}", server.url(name), sha256 or weights.sha256, f"ocr/{name}")
+@pytest.fixture
+def served(tmp_path) -> Path:
+    (tmp_path / "served").mkdir()
+    return tmp_path / "served"
 
 
 @pytest.fixture
-def server(tmp_path):
-    (tmp_path / "served").mkdir()
-    server = Server(tmp_path / "served")
+def server(served):  # as tests/test_places.py's: one local server per test
+    server = Server(served)
     yield server
     server.close()
 
 
-def test_a_registry_model_is_downloaded_once_verified_and_reads_as_the_shipped_one(tmp_path, server, sign):
+def served_copy(served: Path, weights: RemoteWeights, server: Server, sha256: str | None = None) -> RemoteWeights:
+    """The shipped file under another name on a local server, as a registry entry for it."""
+    name = f"copy-{Path(weights.filename).name}"
+    shutil.copy(shipped_file(weights), served / name)
+    return RemoteWeights(f"copy of {weights.name}", server.url(name), sha256 or weights.sha256, f"ocr/{name}")
+
+
+def test_a_registry_model_is_downloaded_once_verified_and_reads_as_the_shipped_one(tmp_path, served, server, sign):
     model = OcrModel(
-        "copy", served_copy(tmp_path, SHIPPED.detector, server), served_copy(tmp_path, SHIPPED.recognizer, server)
+        "copy", served_copy(served, SHIPPED.detector, server), served_copy(served, SHIPPED.recognizer, server)
     )
     models_dir = tmp_path / "models"
     downloaded = TextReader(model, models_dir, 640)
@@ -84,8 +90,8 @@ def test_a_registry_model_is_downloaded_once_verified_and_reads_as_the_shipped_o
     assert len(server.requests) == 2
 
 
-def test_a_wrong_checksum_is_refused_and_nothing_is_kept(tmp_path, server):
-    wrong = served_copy(tmp_path, SHIPPED.detector, server, sha256="0" * 64)
+def test_a_wrong_checksum_is_refused_and_nothing_is_kept(tmp_path, served, server):
+    wrong = served_copy(served, SHIPPED.detector, server, sha256="0" * 64)
     model = OcrModel("wrong", wrong, SHIPPED.recognizer)
     with pytest.raises(ModelUnavailable, match="wrong sha256"):
         TextReader(model, tmp_path / "models", 640).load()

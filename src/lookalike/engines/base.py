@@ -1,6 +1,7 @@
 """The small interface every engine implements: declare a feature, extract it, maybe add query variants."""
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar, Self
 
@@ -25,6 +26,14 @@ class EngineOptions(BaseModel):
         """The options that `settings` (a dict of the settings given) set; the rest keep their defaults."""
         names = [field.validation_alias or name for name, field in cls.model_fields.items()]
         return cls.model_validate({name: settings[name] for name in names if name in settings})
+
+
+def known_name(name: str, names: Iterable[str], what: str) -> str:
+    """`name`, if it is one of `names`: an options validator's check of a model's name, naming the choices."""
+    names = list(names)
+    if name not in names:
+        raise ValueError(f"unknown {what} {name!r}; known: {', '.join(names)}")
+    return name
 
 
 class Engine(ABC):

@@ -21,7 +21,7 @@ from ..models.clip import CLIP_MODELS, load_clip
 from ..models.runtime import exported, unit_rows
 from ..models.text import DIM as TEXT_DIM
 from ..models.text import TextEncoder, text_encoder
-from .base import Engine, EngineOptions, TextSearchable
+from .base import Engine, EngineOptions, TextSearchable, known_name
 
 OFFLINE_SPACE = "imagenet-minilm"
 CLASSIFIER = "efficientnet-lite2"
@@ -34,9 +34,7 @@ class ImageTextOptions(EngineOptions):
     @field_validator("model")
     @classmethod
     def known(cls, model: str) -> str:
-        if model != OFFLINE_SPACE and model not in CLIP_MODELS:
-            raise ValueError(f"unknown image-text model {model!r}; known: {', '.join([OFFLINE_SPACE, *CLIP_MODELS])}")
-        return model
+        return known_name(model, [OFFLINE_SPACE, *CLIP_MODELS], "image-text model")
 
 
 class ImageText(Engine, TextSearchable):

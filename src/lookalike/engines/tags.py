@@ -18,7 +18,7 @@ from ..errors import InvalidRequest
 from ..features import FeatureSpec
 from ..models.classifier import CLASSIFIERS, ClassifierName, ImageClassifier, image_classifier, imagenet_labels
 from ..models.places import PLACES365, SceneClassifier, load_places
-from .base import Engine, EngineOptions, TextSearchable
+from .base import Engine, EngineOptions, TextSearchable, known_name
 
 MIN_PROBABILITY = 0.2  # below this the classifier is more often wrong than right on photos
 MAX_TAGS = 5
@@ -33,9 +33,7 @@ class TagsOptions(EngineOptions):
     @field_validator("scenes")
     @classmethod
     def known(cls, scenes: str) -> str:
-        if scenes != "off" and scenes not in SCENE_MODELS:
-            raise ValueError(f"unknown scene model {scenes!r}; known: off, {', '.join(SCENE_MODELS)}")
-        return scenes
+        return known_name(scenes, ["off", *SCENE_MODELS], "scene model")
 
 
 class Tags(Engine, TextSearchable):

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from ..errors import InvalidRequest
 from ..features import FeatureSpec, TextLine, TextLines
 from ..models.ocr import OCR_MODELS, Reading, TextReader
-from .base import Engine, EngineOptions, TextSearchable
+from .base import Engine, EngineOptions, TextSearchable, known_name
 
 # Chosen on bench/ocr_recall.py's rendered words: a cutoff of 0.6 finds as many of them as 0.5 and
 # keeps a sixth fewer lines read in photos without text (textures read as letters); see
@@ -35,9 +35,7 @@ class TextOptions(EngineOptions):
     @field_validator("model")
     @classmethod
     def known(cls, model: str) -> str:
-        if model not in OCR_MODELS:
-            raise ValueError(f"unknown OCR model {model!r}; known: {', '.join(OCR_MODELS)}")
-        return model
+        return known_name(model, OCR_MODELS, "OCR model")
 
 
 class Text(Engine, TextSearchable):

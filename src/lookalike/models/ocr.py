@@ -96,7 +96,9 @@ class TextReader:
         from rapidocr import RapidOCR  # imports OpenCV and OmegaConf: only when text is read
 
         paths = {step: model_file(weights, self.models_dir) for step, weights in self._files().items()}
-        if not _has_alphabet(paths["Rec"]):  # rapidocr would download one
+        # Without its alphabet inside, rapidocr would download one. The wheel's recogniser has it (the sha256
+        # pins it; tests/test_ocr_models.py checks); reading a downloaded one's metadata costs ~0.35 s a start.
+        if paths["Rec"] != shipped_file(self.model.recognizer) and not _has_alphabet(paths["Rec"]):
             raise ModelUnavailable(f"the recogniser {paths['Rec']} does not carry its alphabet; it cannot be used")
         threads = runtime.threads() or -1  # rapidocr's "ONNX Runtime's default"
         ocr = RapidOCR(
@@ -169,13 +171,16 @@ def reading_corners(box: np.ndarray, upside_down: bool) -> np.ndarray:
 
 def model_file(weights: RemoteWeights, models_dir: Path) -> Path:
     """The verified file: the one inside the rapidocr wheel where it ships there, else downloaded once."""
+    shipped = shipped_file(weights)
+    return shipped if is_verified(shipped, weights.sha256) else fetch_weights(weights, models_dir)
+
+
+def shipped_file(weights: RemoteWeights) -> Path:
+    """Where the rapidocr wheel would hold this file (it holds the small models and the classifier)."""
     spec = importlib.util.find_spec("rapidocr")
     if spec is None or not spec.submodule_search_locations:
         raise ModelUnavailable("the text engine needs the rapidocr package: pip install rapidocr==3.10.0")
-    shipped = Path(spec.submodule_search_locations[0]) / "models" / Path(weights.filename).name
-    if is_verified(shipped, weights.sha256):
-        return shipped
-    return fetch_weights(weights, models_dir)
+    return Path(spec.submodule_search_locations[0]) / "models" / Path(weights.filename).name
 
 
 def _has_alphabet(path: Path) -> bool:
