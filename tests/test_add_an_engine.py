@@ -96,7 +96,7 @@ def test_a_registered_engine_is_served_by_every_route(settings):
 
         for url in ("/engines/colour_words/search", "/colour_words_get_similar_images_by_image_buffer"):
             assert ids(ok(upload(client, url, IMAGES[3], k=1))) == [3], url
-        assert ids(ok(upload(client, "/search", IMAGES[3], k=1))["colour_words"]) == [3]
+        assert ids(ok(upload(client, "/reverse_search", IMAGES[3]))["colour_words"])[0] == 3
         by_id = ok(client.get("/engines/colour_words/images/3/similar", params={"k": 3}))
         assert 3 not in ids(by_id) and set(ids(by_id)) <= {1, 2}  # they share red or blue
         assert ok(client.post("/colour_words_get_similar_images_by_id", json={"image_id": 3, "k": 3})) == by_id

@@ -226,9 +226,11 @@ def test_a_file_is_refused_or_added_and_found(client, maker, expected, like):
     assert after["images"] == before["images"] + 1
     assert all(after[name]["features"] == before[name]["features"] + 1 for name in after if name != "images")
     # Searching with the same bytes decodes exactly as the add did: every engine finds it, at 0.
-    found = ok(upload(client, "/search", data, k=1))
+    found = ok(upload(client, "/reverse_search", data))
+    fused = found.pop("fused")
     for engine, hits in found.items():
-        assert hits == [{"image_id": CASE_ID, "distance": 0.0, "file_name": "case"}], engine
+        assert hits[0] == {"image_id": CASE_ID, "distance": 0.0, "file_name": "case"}, engine
+    assert fused["verdict"] == "exact" and fused["hits"][0]["image_id"] == CASE_ID
     if like:
         # And it is the photo it was made from, upright: not noise, a later frame or a turned copy.
         query = encode(photo(like), "JPEG", quality=90)

@@ -115,15 +115,18 @@ def test_search_dupes_and_stats(tmp_path, gallery, photos):
     query = tmp_path / "query.jpg"
     query.write_bytes(encode(photos["rocket"], "JPEG", quality=40))
     found = json.loads(lookalike(tmp_path, "search", str(query), "-k", "2", "--json").stdout)
-    assert set(found) == set(ENGINES)
-    assert found["phash"][0]["file_name"] == str(gallery / "rocket.jpg") and len(found["phash"]) == 2
-    assert found["local"][0]["file_name"] == str(gallery / "rocket.jpg") and found["local"][0]["matches"] >= 20
+    best = found["hits"][0]
+    assert found["verdict"] == best["verdict"] == "near_duplicate" and len(found["hits"]) == 2
+    assert best["file_name"] == str(gallery / "rocket.jpg")
+    assert {"phash", "color", "local", "global"} <= set(best["evidence"])
+    assert best["evidence"]["phash"]["rank"] == 1 and best["evidence"]["local"]["matches"] >= 20
     only_color = json.loads(lookalike(tmp_path, "search", str(query), "--engine", "color", "--json").stdout)
     assert list(only_color) == ["color"]
 
     groups = json.loads(lookalike(tmp_path, "dupes", "--json").stdout)
-    names = [{Path(m["file_name"]).name for m in group} for group in groups]
-    assert {"astronaut.jpg", "astronaut-mirrored.jpg"} not in names  # stored hashes are not mirrored
+    names = [{Path(m["file_name"]).name for m in group["images"]} for group in groups]
+    assert {"astronaut.jpg", "astronaut-mirrored.jpg"} in names  # a mirror image is a near-duplicate
+    assert all(group["tier"] == "near_duplicate" for group in groups), groups
     strict = json.loads(lookalike(tmp_path, "dupes", "--json", "--threshold", "0").stdout)
     assert strict == []
 
@@ -149,7 +152,7 @@ def test_duplicates_are_grouped(tmp_path, photos):
         (folder / f"{name}-small.png").write_bytes(encode(photos[name].resize((200, 150)), "PNG"))
     lookalike(tmp_path / "data", "index", str(folder))
     groups = json.loads(lookalike(tmp_path / "data", "dupes", "--json").stdout)
-    assert sorted(sorted(Path(m["file_name"]).name for m in group) for group in groups) == [
+    assert sorted(sorted(Path(m["file_name"]).name for m in group["images"]) for group in groups) == [
         ["astronaut-small.png", "astronaut.jpg"],
         ["coffee-small.png", "coffee.jpg"],
         ["rocket-small.png", "rocket.jpg"],

@@ -231,12 +231,15 @@ class TestPHash:
             nearest_other = library.similar_to_id("phash", image_id, k=1)[0]
             assert nearest_other.score > 64
 
-    def test_mirror_variant_is_the_mirrored_hash(self, photos):
+    def test_variants_are_the_mirrored_and_turned_hashes(self, photos):
         engine = create_engine("phash")
         image = decode_for_engine(engine, encode(photos["rocket"]))
-        plain, mirrored = engine.query_variants(image)
+        plain, mirrored, *turned = engine.query_variants(image)
         assert np.array_equal(mirrored, engine.extract(ImageOps.mirror(image)))
-        assert distance(engine, plain, mirrored) > 64
+        turns = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+        for variant, turn in zip(turned, turns):
+            assert distance(engine, variant, engine.extract(image.transpose(turn))) <= 8
+        assert all(distance(engine, plain, other) > 64 for other in (mirrored, *turned))
 
 
 class TestColor:

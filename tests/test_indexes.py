@@ -48,10 +48,13 @@ def keypoints(rng, n):
     ]
 
 
-def identical_descriptors(query: Keypoints, stored: Keypoints) -> int:
-    """A stand-in for geometric verification: how many query descriptors the stored image has exactly."""
-    shared = {row.tobytes() for row in stored.descriptors}
-    return sum(row.tobytes() in shared for row in query.descriptors)
+def identical_descriptors(query: Keypoints, candidates: list[Keypoints]) -> list[int]:
+    """A stand-in for geometric verification: how many query descriptors each candidate has exactly."""
+    found = []
+    for stored in candidates:
+        shared = {row.tobytes() for row in stored.descriptors}
+        found.append(sum(row.tobytes() in shared for row in query.descriptors))
+    return found
 
 
 SYLLABLES = ["ka", "lo", "mi", "ru", "te", "zo", "pan", "vel", "dor", "ish"]

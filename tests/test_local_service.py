@@ -100,28 +100,28 @@ def test_images_and_search_cover_every_engine(client):
     stats = engine_stats(client)
     assert all(stats[e]["features"] == stats[e]["indexed"] == 4 for e in ["phash", "color", "local"]), stats
 
-    found = ok(upload(client, "/search", encode(small_crop("astronaut")), k=3))
-    assert set(found) == {"phash", "color", "local"}
-    check_local(found["local"])
-    assert found["local"][0]["image_id"] == 11 and found["local"][0]["file_name"] == "astronaut"
+    # The original gateway's reverse search: each engine's list (all 4 stored, up to 200), and them fused.
+    found = ok(upload(client, "/reverse_search", encode(small_crop("astronaut"))))
+    assert set(found) == {"phash", "color", "local_features", "fused"}
+    check_local(found["local_features"])
+    assert image_ids(found["local_features"]) == [11] and found["local_features"][0]["file_name"] == "astronaut"
     for engine in ["phash", "color"]:
-        assert len(found[engine]) == 3 and all(set(m) == {"image_id", "distance", "file_name"} for m in found[engine])
-
-    # A distance threshold gets every image within it from phash and color, and only verified matches from local.
-    found = ok(upload(client, "/search", encode(small_crop("astronaut")), distance_threshold=1e9))
-    assert len(found["phash"]) == len(found["color"]) == 4
-    check_local(found["local"])
-    assert image_ids(found["local"]) == [11]
+        assert len(found[engine]) == 4 and all(set(m) == {"image_id", "distance", "file_name"} for m in found[engine])
+    fused = found["fused"]["hits"]
+    assert fused[0]["image_id"] == 11 and set(fused[0]["evidence"]) == {"phash", "color", "local"}
+    evidence = fused[0]["evidence"]["local"]
+    assert evidence["rank"] == 1 and evidence["matches"] == found["local_features"][0]["matches"]
+    assert evidence["weight"] > 0  # verified matches are evidence of a copy
+    assert ok(upload(client, "/search", encode(small_crop("astronaut")), k=2))["hits"] == fused[:2]
 
     mirrored = encode(ImageOps.mirror(small_crop("chelsea")))
-    assert image_ids(ok(upload(client, "/search", mirrored, k=1, mirrored="true"))["local"]) == [12]
-    assert 12 not in image_ids(ok(upload(client, "/search", mirrored, k=3))["local"])
     assert image_ids(ok(upload(client, "/engines/local/search", mirrored, k=1, mirrored="true"))) == [12]
+    assert 12 not in image_ids(ok(upload(client, "/engines/local/search", mirrored, k=3)))
 
     assert sorted(ok(client.delete("/images/11"))["deleted_from"]) == ["color", "local", "phash"]
     stats = engine_stats(client)
     assert all(stats[e]["features"] == stats[e]["indexed"] == 3 for e in ["phash", "color", "local"]), stats
-    assert 11 not in image_ids(ok(upload(client, "/search", encode(small_crop("astronaut")), k=3))["local"])
+    assert 11 not in image_ids(ok(upload(client, "/reverse_search", encode(small_crop("astronaut"))))["local_features"])
 
 
 def too_many_bytes() -> bytes:

@@ -63,7 +63,7 @@ def test_an_uploaded_photo_finds_itself_first(service, engine):
         hits = ok(upload(service, url, jpeg("chelsea"), k=3))
         check_hits(hits, measure(service, engine))
         assert hits[0]["image_id"] == PHOTOS["chelsea"] and hits[0]["file_name"] == "chelsea", (url, hits)
-    everything = ok(upload(service, "/search", jpeg("chelsea"), k=3))[engine]
+    everything = ok(upload(service, "/reverse_search", jpeg("chelsea")))[service_name]
     assert everything[0]["image_id"] == PHOTOS["chelsea"]
 
 

@@ -16,6 +16,8 @@ from . import indexer
 from .config import Settings
 from .duplicates import duplicate_groups
 from .errors import LookalikeError, StorageFull
+from .fusion import Verdict
+from .gateway import ReverseSearch, reverse_search
 from .indexes import Hit
 from .library import Library
 
@@ -130,16 +132,23 @@ def search(
         str | None,
         typer.Option(help="Find photos this text describes (image_text), names (tags) or shows (text) instead."),
     ] = None,
-    engine: Annotated[str, typer.Option(help="Engine name, or 'all': every engine that takes the query.")] = "all",
-    k: Annotated[int, typer.Option("-k", min=1, help="Results per engine.")] = 10,
+    engine: Annotated[
+        str, typer.Option(help="Engine name, or 'all': every engine, fused into one list (by image), or side by side.")
+    ] = "all",
+    k: Annotated[int, typer.Option("-k", min=1, help="Results (per engine, for one engine or a text).")] = 10,
     mirrored: Annotated[bool, typer.Option(help="Also find mirrored copies (local features).")] = False,
     data_dir: DataDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Find the stored images most like IMAGE, or those --text describes."""
+    """Find the stored images most like IMAGE, or those --text describes. An IMAGE asked of every engine
+    gets one fused list, with a verdict: is it already here (exact, near_duplicate, copy), or only similar?"""
     if (image is None) == (text is None):
         raise typer.BadParameter("give an IMAGE or --text, not both")
     with _open(_settings(data_dir)) as library:
+        if image is not None and engine == "all":
+            found = reverse_search(library, image.read_bytes(), k)
+            _print_fused(found, str(image), as_json)
+            return
         if text is not None:
             found = (
                 library.search_all_text(text, k)
@@ -147,8 +156,6 @@ def search(
                 else {engine: library.similar_to_text(engine, text, k=k)}
             )
             query = repr(text)
-        elif engine == "all":
-            found, query = library.search_all(image.read_bytes(), k=k, mirrored=mirrored), str(image)
         else:
             found = {engine: library.similar_to_image(engine, image.read_bytes(), k=k, mirrored=mirrored)}
             query = str(image)
@@ -157,6 +164,18 @@ def search(
         return
     for name, matches in found.items():
         _print_hits(f"{name}: nearest to {query}", matches)
+
+
+def _print_fused(found: ReverseSearch, query: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"verdict": found.verdict, "hits": [hit.as_dict() for hit in found.hits]}, indent=2))
+        return
+    out = Console(soft_wrap=True)  # a path is printed whole, never folded
+    out.print(f"[bold]{query}[/]: {found.verdict.value.replace('_', ' ')}", highlight=False)
+    for hit in found.hits:
+        out.print(f"{hit.image_id:>8}  {hit.verdict.value:<14} {hit.score:7.1f}  {hit.file_name}", highlight=False)
+        said = [f"{name} #{e.rank} ({e.score:.3g} {e.measure.value})" for name, e in hit.evidence.items()]
+        out.print(f"{'':>34}[dim]{' · '.join(said)}[/]", highlight=False)
 
 
 @app.command()
@@ -171,21 +190,33 @@ def tags(
 
 @app.command()
 def dupes(
+    tier: Annotated[
+        Verdict, typer.Option(help="The weakest tier to group by: exact, near_duplicate, copy or similar.")
+    ] = Verdict.NEAR_DUPLICATE,
     threshold: Annotated[
-        float | None, typer.Option(help="Largest Hamming distance counted as a duplicate [default: 64].")
+        float | None, typer.Option(help="Largest Hamming distance of a near-duplicate's hash [default: 64].")
     ] = None,
     data_dir: DataDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """List every group of near-duplicate images in the library (by perceptual hash)."""
+    """List every group of duplicates in the library, each pair with its tier: a group's every pair is
+    within its tier, so a burst of similar shots shows as `similar`, never as a duplicate."""
+    if tier is Verdict.NONE:
+        raise typer.BadParameter("tier none groups nothing")
     with _open(_settings(data_dir)) as library:
-        groups = duplicate_groups(library, "phash", threshold)
+        groups = duplicate_groups(library, tier, threshold)
     if as_json:
-        print(json.dumps([[hit.as_dict() for hit in group] for group in groups], indent=2))
+        print(json.dumps([group.as_dict() for group in groups], indent=2))
         return
+    out = Console(soft_wrap=True)  # a path is printed whole, never folded
     for number, group in enumerate(groups, 1):
-        _print_hits(f"group {number}: {len(group)} images", group)
-    console.print(f"{len(groups)} groups of near-duplicates")
+        out.print(f"[bold]group {number}[/]: {len(group.image_ids)} images, {group.tier.value}", highlight=False)
+        for image_id, name in zip(group.image_ids, group.file_names):
+            out.print(f"{image_id:>8}  {name}", highlight=False)
+        for pair in group.pairs:
+            distances = ", ".join(f"{engine} {d:.3g}" for engine, d in pair.scores.items())
+            out.print(f"{'':>4}[dim]{pair.first} ~ {pair.second}: {pair.tier.value} ({distances})[/]", highlight=False)
+    console.print(f"{len(groups)} groups, {tier.value} or closer")
 
 
 @app.command()

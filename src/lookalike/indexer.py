@@ -141,7 +141,8 @@ def run(
                     report.failed.append((job.path, outcome))
                     on_done(job, outcome)
                     continue
-                batch.append((ImageRecord(job.image_id, str(job.path), job.size, job.mtime_ns), outcome))
+                record = ImageRecord(job.image_id, str(job.path), job.size, job.mtime_ns, outcome.digest)
+                batch.append((record, outcome.features))
                 on_done(job, None)
                 if len(batch) >= BATCH_SIZE or time.monotonic() - last_commit > BATCH_SECONDS:
                     commit()

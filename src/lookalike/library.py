@@ -7,9 +7,11 @@ always equal the committed store; CPU work (decoding, feature extraction) happen
 """
 
 import fcntl
+import hashlib
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -56,6 +58,7 @@ class Library:
             # Extraction is CPU work: more at once than cores gains nothing, and each takes memory (SIFT's
             # pyramids of a 1024-px image, about 230 MB), so requests past the core count wait their turn.
             self._extracting = threading.BoundedSemaphore(os.cpu_count() or 1)
+            self._searching = ThreadPoolExecutor(max(1, len(self.engines)), thread_name_prefix="search")
             self.store = FeatureStore(self.data_dir / "store", {n: e.spec for n, e in self.engines.items()})
             self._write_lock = threading.Lock()
             (self.data_dir / "indexes").mkdir(exist_ok=True)
@@ -83,7 +86,7 @@ class Library:
                 self.store.source(name),
                 self.data_dir / "indexes" / name,
                 nprobe,
-                verify=engine.verify,
+                verify=engine.verify_all,
                 text_queries=isinstance(engine, TextSearchable),
             )
             for name, engine in self.engines.items()
@@ -113,8 +116,9 @@ class Library:
         check_image_id(image_id)
         check_file_name(file_name)
         features = self.extract(data, engines)
+        record = ImageRecord(image_id, file_name, digest=hashlib.sha256(data).digest())
         with self._write_lock:
-            self.store.add(ImageRecord(image_id, file_name), features)
+            self.store.add(record, features)
             for name, feature in features.items():
                 self.indexes[name].add([image_id], [feature])
 
@@ -206,18 +210,16 @@ class Library:
         query = searcher.embed_text(text)
         return self._search(engine, [self._expanded(engine, query, expansion) if expansion else query], k, threshold)
 
-    def search_all(
-        self, data: bytes, k: int | None = None, thresholds: dict[Measure, float] | None = None, mirrored: bool = False
-    ) -> dict[str, list[Hit]]:
-        """Each engine's answer for one uploaded image, decoded once. An engine gets the threshold of its
-        own measure; one without (local, when only a distance is given) returns every hit it verifies."""
+    def search_all(self, data: bytes, k: int | None = None) -> dict[str, list[Hit]]:
+        """Each engine's `k` best for one uploaded image, decoded once, the engines side by side."""
         images = self.decode(data, list(self.engines))
-        with self._extracting:
-            variants = {name: engine.query_variants(images[name], mirrored) for name, engine in self.engines.items()}
-        thresholds = thresholds or {}
-        return {
-            name: self._search(name, variants[name], k, thresholds.get(self.measure(name))) for name in self.engines
-        }
+
+        def search(name: str) -> list[Hit]:
+            with self._extracting:
+                variants = self.engines[name].query_variants(images[name])
+            return self._search(name, variants, k, None)
+
+        return dict(zip(self.engines, self._searching.map(search, self.engines)))
 
     def search_all_text(self, text: str, k: int | None = None) -> dict[str, list[Hit]]:
         """Each text engine's answer to `text`, of those that take it (tags take only tag names)."""
@@ -312,6 +314,7 @@ class Library:
         except OSError as exc:  # a full disk: the journal still holds what the unsaved indexes lack
             log.warning("indexes not saved (%s); they catch up from the store's journal at the next start", exc)
         finally:
+            self._searching.shutdown()
             self.store.close()
             self._lock_file.close()
 

@@ -4,6 +4,8 @@ Layout (keys are 8-byte big-endian image ids unless noted):
     meta         schema version, store uuid, per-engine feature specs and journal sequence numbers
     images       id -> file size, mtime and file name of the image
     names        file name (past 480 bytes, its SHA-256) -> id
+    digests      id -> SHA-256 of the image's bytes, as added (images added before it was kept have none)
+    contents     SHA-256 + id -> nothing: the images with given bytes, found by a range read
     f:<engine>   id -> the engine's raw feature bytes
     j:<engine>   sequence number -> id touched; FAISS indexes replay it to catch up after a crash
 
@@ -18,7 +20,7 @@ import struct
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -60,6 +62,7 @@ class ImageRecord:
     file_name: str
     size: int = 0
     mtime_ns: int = 0
+    digest: bytes = b""  # SHA-256 of the bytes it was made from: the same bytes are the same image
 
     @property
     def from_folder(self) -> bool:
@@ -73,12 +76,14 @@ class FeatureStore:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.specs = specs
-        self._env = lmdb.open(str(path), map_size=_INITIAL_MAP_SIZE, max_dbs=4 + 2 * len(specs))
+        self._env = lmdb.open(str(path), map_size=_INITIAL_MAP_SIZE, max_dbs=6 + 2 * len(specs))
         if self._env.info()["map_size"] < _INITIAL_MAP_SIZE:
             self._env.set_mapsize(_INITIAL_MAP_SIZE)
         self._meta = self._env.open_db(b"meta")
         self._images = self._env.open_db(b"images")
         self._names = self._env.open_db(b"names")
+        self._digests = self._env.open_db(b"digests")
+        self._contents = self._env.open_db(b"contents")
         self._features = {name: self._env.open_db(f"f:{name}".encode()) for name in specs}
         self._journals = {name: self._env.open_db(f"j:{name}".encode()) for name in specs}
         self._resizing = SharedExclusiveLock()
@@ -110,8 +115,8 @@ class FeatureStore:
                 taken = [name for name in features if txn.get(key, db=self._features[name]) is not None]
                 if taken:
                     raise Conflict(f"image {record.image_id} is already in engine(s) {', '.join(taken)}")
-                if record.file_name and not existing.file_name:
-                    self._put_record(txn, record)
+                if (record.file_name and not existing.file_name) or (record.digest and not existing.digest):
+                    self._put_record(txn, replace(record, file_name=record.file_name or existing.file_name))
             self._put_features(txn, record.image_id, features)
 
         self._write(add)
@@ -172,8 +177,34 @@ class FeatureStore:
             return self._read_record(txn, image_id)
 
     def records(self) -> list[ImageRecord]:
+        """Every image's record, without its digest (`record` reads that)."""
         with self._reading() as txn:
             return [self._decode_record(key_id(key), value) for key, value in txn.cursor(db=self._images)]
+
+    def ids_with_digest(self, digest: bytes) -> list[int]:
+        """The images added from exactly these bytes (by their SHA-256)."""
+        with self._reading() as txn:
+            cursor = txn.cursor(db=self._contents)
+            found = []
+            if cursor.set_range(digest):
+                for key in cursor.iternext(values=False):
+                    if bytes(key[:32]) != digest:
+                        break
+                    found.append(key_id(key[32:]))
+            return found
+
+    def same_contents(self) -> list[list[int]]:
+        """Every group of two or more images added from the same bytes; one pass over the digests."""
+        groups, last = [], None
+        with self._reading() as txn:
+            for key in txn.cursor(db=self._contents).iternext(values=False):
+                digest, image_id = bytes(key[:32]), key_id(key[32:])
+                if digest == last:
+                    groups[-1].append(image_id)
+                else:
+                    groups.append([image_id])
+                last = digest
+        return [group for group in groups if len(group) > 1]
 
     def id_for_name(self, file_name: str) -> int | None:
         with self._reading() as txn:
@@ -282,6 +313,9 @@ class FeatureStore:
                 txn.delete(key, db=self._images)
                 if record.file_name:
                     txn.delete(name_key(record.file_name), db=self._names)
+                if record.digest:
+                    txn.delete(key, db=self._digests)
+                    txn.delete(record.digest + key, db=self._contents)
         return deleted
 
     def _put_features(self, txn: lmdb.Transaction, image_id: int, features: dict[str, np.ndarray]) -> None:
@@ -309,10 +343,17 @@ class FeatureStore:
         txn.put(key, _RECORD.pack(record.size, record.mtime_ns) + record.file_name.encode(), db=self._images)
         if record.file_name:
             txn.put(name_key(record.file_name), key, db=self._names)
+        if record.digest:
+            txn.put(key, record.digest, db=self._digests)
+            txn.put(record.digest + key, b"", db=self._contents)
 
     def _read_record(self, txn: lmdb.Transaction, image_id: int) -> ImageRecord | None:
-        value = txn.get(id_key(image_id), db=self._images)
-        return None if value is None else self._decode_record(image_id, value)
+        key = id_key(image_id)
+        value = txn.get(key, db=self._images)
+        if value is None:
+            return None
+        digest = txn.get(key, db=self._digests)
+        return replace(self._decode_record(image_id, value), digest=bytes(digest) if digest else b"")
 
     @staticmethod
     def _decode_record(image_id: int, value: bytes) -> ImageRecord:

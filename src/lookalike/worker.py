@@ -3,10 +3,12 @@
 Kept apart from `indexer` so a worker imports only the engines and decoding, not FAISS or LMDB.
 """
 
+import hashlib
 import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -33,35 +35,42 @@ def start(engines: dict[str, tuple[type[Engine], EngineOptions]], max_pixels: in
     _max_pixels = max_pixels
 
 
-def extract_batch(paths: list[Path]) -> list[dict | str]:
+@dataclass
+class Extracted:
+    digest: bytes  # SHA-256 of the file's bytes
+    features: dict  # engine name -> feature
+
+
+def extract_batch(paths: list[Path]) -> list[Extracted | str]:
     """Each file's features in every engine, or why it could not be read. Neural engines run the
     decoded images through their model as one batch."""
-    outcomes: list[dict | str] = [_decode(path) for path in paths]
+    outcomes: list[tuple[bytes, dict] | str] = [_decode(path) for path in paths]
     decoded = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, str)]
     try:
         features = (
-            {name: engine.extract_many([outcomes[i][name] for i in decoded]) for name, engine in _engines.items()}
+            {name: engine.extract_many([outcomes[i][1][name] for i in decoded]) for name, engine in _engines.items()}
             if decoded
             else {}
         )
         for position, i in enumerate(decoded):
-            outcomes[i] = {name: found[position] for name, found in features.items()}
+            outcomes[i] = Extracted(outcomes[i][0], {name: found[position] for name, found in features.items()})
     except LookalikeError:  # one image spoiled the batch: only it should fail
         for i in decoded:
-            outcomes[i] = _extract_one(outcomes[i])
+            outcomes[i] = _extract_one(*outcomes[i])
     return outcomes
 
 
-def _extract_one(images: dict) -> dict | str:
+def _extract_one(digest: bytes, images: dict) -> Extracted | str:
     try:
-        return {name: engine.extract(images[name]) for name, engine in _engines.items()}
+        return Extracted(digest, {name: engine.extract(images[name]) for name, engine in _engines.items()})
     except LookalikeError as exc:
         return exc.message
 
 
-def _decode(path: Path):
+def _decode(path: Path) -> tuple[bytes, dict] | str:
     try:
-        return decode_for(_engines.values(), path.read_bytes(), _max_pixels)
+        data = path.read_bytes()
+        return hashlib.sha256(data).digest(), decode_for(_engines.values(), data, _max_pixels)
     except LookalikeError as exc:
         return exc.message
     except OSError as exc:

@@ -70,9 +70,13 @@ class Engine(ABC):
         return [self.extract(image)]
 
     def verify(self, query, stored) -> int:
-        """Points engines: how many matches between two features one geometry explains (0: none).
-        Their index calls it on the candidates its votes found."""
+        """Points engines: how many matches between two features one geometry explains (0: none)."""
         raise NotImplementedError(f"the {self.name} engine does not verify matches")
+
+    def verify_all(self, query, candidates: list) -> list[int]:
+        """Points engines: `verify` of the query against each candidate its index's votes found, judged
+        together (a match many candidates share may count for none of them)."""
+        return [self.verify(query, stored) for stored in candidates]
 
 
 class TextSearchable(ABC):

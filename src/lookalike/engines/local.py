@@ -27,6 +27,11 @@ CONTRAST_THRESHOLD = 0.02
 RATIO = 0.85  # Lowe's ratio test, on the nearest and second-nearest stored descriptor
 MAGSAC_THRESHOLD = 6.0  # pixels, in the working frame
 MIN_MATCHES = 8  # fewer inliers than this are what a homography fits to chance
+# A query keypoint verified in this many candidates is on a pattern many photos share (a watermark, a
+# stamp, a logo), and so is every keypoint in the box around such keypoints (widened by this fraction
+# of the frame): matches there say nothing of which photo the query shows.
+SHARED_IN_IMAGES = 3
+SHARED_MARGIN = 0.02
 
 
 class LocalOptions(EngineOptions):
@@ -56,14 +61,35 @@ class LocalFeatures(Engine):
 
     def verify(self, query: Keypoints, stored: Keypoints) -> int:
         """Matches between the two that one homography explains; 0 below MIN_MATCHES."""
+        return len(self._inliers(query, stored))
+
+    def verify_all(self, query: Keypoints, candidates: list[Keypoints]) -> list[int]:
+        """Each candidate's matches off the pattern that SHARED_IN_IMAGES candidates show, so a stamp on
+        hundreds of photos does not verify each as a copy; all its matches where nothing else matches
+        anywhere (the query is the logo itself)."""
+        inliers = [self._inliers(query, stored) for stored in candidates]
+        rows, images = np.unique(np.concatenate([np.empty(0, np.int64), *inliers]), return_counts=True)
+        shared = rows[images >= SHARED_IN_IMAGES]
+        if not len(shared):
+            return [len(found) for found in inliers]
+        margin = SHARED_MARGIN * query.xy.max()
+        low, high = query.xy[shared].min(axis=0) - margin, query.xy[shared].max(axis=0) + margin
+        on_pattern = np.all((query.xy >= low) & (query.xy <= high), axis=1)
+        off = [int((~on_pattern[found]).sum()) for found in inliers]
+        if not any(count >= MIN_MATCHES for count in off):
+            return [len(found) for found in inliers]
+        return [count if count >= MIN_MATCHES else 0 for count in off]
+
+    def _inliers(self, query: Keypoints, stored: Keypoints) -> np.ndarray:
+        """The query's keypoint rows whose matches one homography explains; none below MIN_MATCHES."""
         pairs = mutual_matches(query.descriptors, stored.descriptors)
         if len(pairs) < MIN_MATCHES:
-            return 0
+            return np.empty(0, np.int64)
         _, inliers = cv2.findHomography(
             query.xy[pairs[:, 0]], stored.xy[pairs[:, 1]], cv2.USAC_MAGSAC, MAGSAC_THRESHOLD, maxIters=2000
         )
-        count = 0 if inliers is None else int(inliers.sum())
-        return count if count >= MIN_MATCHES else 0
+        rows = pairs[:, 0][inliers.ravel().astype(bool)] if inliers is not None else np.empty(0, np.int64)
+        return rows if len(rows) >= MIN_MATCHES else np.empty(0, np.int64)
 
 
 def working_frame(image: Image.Image) -> np.ndarray:

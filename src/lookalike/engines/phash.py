@@ -39,9 +39,11 @@ class PHash(Engine):
         return phash_bits(self._grey(image))
 
     def query_variants(self, image: Image.Image, mirrored: bool = True) -> list[np.ndarray]:
-        # Always with the mirror image: it costs one more hash and a mirrored copy is still a copy.
+        """The hash, its mirror image's and its quarter turns' (a phone's lost orientation): each costs one
+        more 72-byte hash, and a mirrored or turned copy is still a copy."""
         grey = self._grey(image)
-        return [phash_bits(grey), phash_bits(grey[:, ::-1])]
+        turned = [np.rot90(grey, turns) for turns in (1, 2, 3)]
+        return [phash_bits(variant) for variant in (grey, grey[:, ::-1], *turned)]
 
     @staticmethod
     def _grey(image: Image.Image) -> np.ndarray:

@@ -77,8 +77,8 @@ class IndexSetup:
     source: FeatureSource
     files: Path | None  # the index's files: this path plus a suffix of the kind's; None: never saved
     nprobe: int = DEFAULT_NPROBE
-    # A points engine's exact check of two features: the number of matches one geometry explains.
-    verify: Callable[[Any, Any], int] | None = None
+    # A points engine's exact check of a query against candidates: for each, the matches one geometry explains.
+    verify: Callable[[Any, list], list[int]] | None = None
     text_queries: bool = False  # the engine also searches this index with embedded texts
 
     @property

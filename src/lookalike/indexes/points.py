@@ -90,13 +90,13 @@ class PointIndex:
     def search(self, queries: list[Keypoints], k: int | None = None, threshold: float | None = None) -> list[Hit]:
         """Images sharing verified matches with any variant, most matches first: those with at least
         `threshold` matches, the best `k` if given."""
-        to_verify = [(variant, image_id) for variant in queries for image_id in self._candidates(variant)]
-        ids, stored = self.setup.source.read(sorted({image_id for _, image_id in to_verify}))
+        to_verify = [(variant, self._candidates(variant)) for variant in queries]
+        ids, stored = self.setup.source.read(sorted({i for _, candidates in to_verify for i in candidates}))
         stored_by_id = dict(zip(ids.tolist(), stored))
         best: dict[int, int] = {}
-        for variant, image_id in to_verify:
-            if image_id in stored_by_id:  # deleted since it was voted for
-                matches = self.setup.verify(variant, stored_by_id[image_id])
+        for variant, candidates in to_verify:
+            present = [i for i in candidates if i in stored_by_id]  # not deleted since they were voted for
+            for image_id, matches in zip(present, self.setup.verify(variant, [stored_by_id[i] for i in present])):
                 best[image_id] = max(best.get(image_id, 0), matches)
         found = sorted((-m, i) for i, m in best.items() if m > 0 and m >= (threshold or 0))
         return [Hit(image_id, -negative, Measure.MATCHES) for negative, image_id in found][:k]

@@ -83,20 +83,10 @@ class VectorIndex:
             hits = [hit for hit in hits if hit.score <= threshold]
         return hits[:k]
 
-    def pairs_within(self, image_ids: np.ndarray, features: np.ndarray, threshold: float, batch: int = 4096):
-        """(query id, found id, distance) for every stored image within `threshold` of each query.
-
-        Binary indexes only: a range search per batch of queries, the basis of near-duplicate groups.
-        """
-        if self.spec.metric != "hamming":
-            raise ValueError("pairs_within needs binary features")
-        for start in range(0, len(image_ids), batch):
-            with self._lock:
-                limits, distances, found = self._index.range_search(
-                    self._as_rows(features[start : start + batch]), self._hamming_radius(threshold)
-                )
-            queries = np.repeat(image_ids[start : start + batch], np.diff(limits).astype(np.int64))
-            yield queries, found, distances
+    def neighbours(self, features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids): the k nearest stored images of each row of `features`, nearest first; a
+        batch of queries at once, as a whole-library pass (duplicate groups) asks."""
+        return self._nearest(self._as_rows(features), k)
 
     def reconstruct(self, image_id: int) -> np.ndarray:
         with self._lock:

@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
 
     app.include_router(routes.router)
     app.include_router(routes.health_router)
+    app.include_router(legacy.gateway_router)
     for name in settings.engines:
         legacy.add_original_routes(app, name, ENGINES[name])
     access.document_access(app, settings)

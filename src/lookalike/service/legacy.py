@@ -1,8 +1,9 @@
-"""The original per-engine services' endpoint names, so a gallery written for them works unchanged.
+"""The original services' endpoint names, so a gallery written for them works unchanged.
 
-Each row of ORIGINAL_ROUTES binds one name to a handler with the engine fixed; the handlers are the
-generic routes' own, or thin adapters where the original took its arguments in another shape (a JSON
-body instead of a path, any cutoff as `distance_threshold`).
+Each row of ORIGINAL_ROUTES binds one per-engine name to a handler with the engine fixed; the handlers
+are the generic routes' own, or thin adapters where the original took its arguments in another shape
+(a JSON body instead of a path, any cutoff as `distance_threshold`). `gateway_router` holds the
+original gateway's three routes over every engine.
 """
 
 import inspect
@@ -10,9 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Form, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, Request
 
 from ..engines import Engine, TextSearchable
+from ..fusion import PER_ENGINE
+from ..gateway import reverse_search
 from . import routes
 from .access import can_read, can_write
 from .params import (
@@ -20,8 +23,12 @@ from .params import (
     DELETE_ERRORS,
     IMAGE_SEARCH_ERRORS,
     STORED_SEARCH_ERRORS,
+    Added,
+    AddForm,
     Deleted,
     DeleteRequest,
+    FusedSearchOut,
+    HitOut,
     ImageSearchParams,
     SimilarToId,
 )
@@ -96,3 +103,28 @@ def for_engine(handler: Callable, engine: str) -> Callable:
     )
     endpoint.__doc__ = handler.__doc__
     return endpoint
+
+
+# -- the original gateway ------------------------------------------------------------------------
+
+gateway_router = APIRouter(dependencies=[Depends(can_read)], tags=["every engine (the original gateway's names)"])
+
+
+@gateway_router.post("/calculate_all_image_features", dependencies=[Depends(can_write)], responses=ADD_ERRORS)
+def add_to_every_engine(request: Request, image: routes.ImageFile, form: Annotated[AddForm, Form()]) -> Added:
+    """Add an image to every engine in one transaction (POST /images)."""
+    return routes.add(request, None, image, form)
+
+
+@gateway_router.post("/delete_all_image_features", dependencies=[Depends(can_write)], responses=DELETE_ERRORS)
+def delete_from_every_engine(request: Request, body: DeleteRequest) -> Deleted:
+    return routes.delete(request, None, body.image_id, body.file_name)
+
+
+@gateway_router.post("/reverse_search", response_model_exclude_none=True, responses=IMAGE_SEARCH_ERRORS)
+def reverse_search_everywhere(request: Request, image: routes.ImageFile) -> dict[str, list[HitOut] | FusedSearchOut]:
+    """Each engine's best (up to 200), under the original services' names, and `fused`: one list of them
+    by calibrated evidence, with verdicts (as POST /search)."""
+    found = reverse_search(routes.library_of(request), routes.read_upload(request, image), PER_ENGINE)
+    lists = {SERVICE_NAMES.get(name, name): routes.hits_out(hits) for name, hits in found.found.items()}
+    return lists | {"fused": routes.fused_out(found)}

@@ -6,6 +6,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import InvalidRequest
+from ..fusion import Verdict
 from ..indexes import Measure
 from ..library import QueryExpansion
 from ..store import MAX_FILE_NAME_BYTES, MAX_IMAGE_ID
@@ -99,23 +100,13 @@ class SearchParams(BaseModel):
             raise InvalidRequest(f"give exactly one of k and {field}")
         return self.k, threshold
 
-    def for_every_engine(self) -> tuple[int | None, dict[Measure, float]]:
-        """(k, each measure's threshold) for a search of every engine: exactly one of k and
-        distance_threshold; the other thresholds bound their own engines further."""
-        if (self.k is None) == (self.distance_threshold is None):
-            raise InvalidRequest("give exactly one of k and distance_threshold")
-        given = {measure: getattr(self, field) for measure, field in THRESHOLD_FIELDS.items()}
-        return self.k, {measure: value for measure, value in given.items() if value is not None}
-
 
 class ImageSearchParams(SearchParams):
     mirrored: bool = Field(False, description="Also search with the mirror image (local features).")
 
 
-class SearchEverywhereParams(ImageSearchParams):
-    """Every engine at once: k or distance_threshold; min_matches and min_relevance bound their engines further."""
-
-    model_config = ConfigDict(json_schema_extra=exactly_one_of("k", "distance_threshold"))
+class FusedSearchParams(BaseModel):
+    k: int = Field(20, ge=1, le=MAX_K, description="The k best, by fused evidence.")
 
 
 class JsonBody(BaseModel):
@@ -150,6 +141,11 @@ class DeleteRequest(JsonBody):
         return self
 
 
+class ImageOut(BaseModel):
+    image_id: int
+    file_name: str
+
+
 class HitOut(BaseModel):
     """A found image; its score is one of distance, matches and relevance, as its engine measures."""
 
@@ -158,6 +154,47 @@ class HitOut(BaseModel):
     matches: int | None = Field(None, description="Local features: keypoint matches one homography explains.")
     relevance: float | None = Field(None, description="Engines scored by relevance (text): larger is better.")
     file_name: str
+
+
+class EvidenceOut(BaseModel):
+    """What one engine said of a fused hit."""
+
+    rank: int = Field(description="Its place in the engine's own list, from 1.")
+    distance: float | None = None
+    matches: int | None = None
+    relevance: float | None = None
+    weight: float = Field(description="The log likelihood ratio of 'same source photo' the score carries.")
+
+
+class FusedHitOut(BaseModel):
+    image_id: int
+    file_name: str
+    score: float = Field(description="Summed log-odds of every engine's evidence, listed or not: larger is surer.")
+    verdict: Verdict
+    evidence: dict[str, EvidenceOut] = Field(description="Each engine that listed it, by engine name.")
+
+
+class FusedSearchOut(BaseModel):
+    verdict: Verdict = Field(description="The best hit's: is this image already here, and how.")
+    hits: list[FusedHitOut]
+
+
+class PairOut(BaseModel):
+    images: tuple[int, int]
+    tier: Verdict
+    distances: dict[str, float] = Field(description="Each engine's distance between the two.")
+    evidence: float = Field(description="Summed log-odds of 'same source photo'.")
+
+
+class GroupOut(BaseModel):
+    tier: Verdict = Field(description="The weakest tier among its pairs.")
+    images: list[ImageOut]
+    pairs: list[PairOut]
+
+
+class DuplicatesOut(BaseModel):
+    total: int = Field(description="Groups in all, before paging.")
+    groups: list[GroupOut]
 
 
 class TextLineOut(BaseModel):

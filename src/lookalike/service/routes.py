@@ -9,7 +9,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 
-from ..errors import ImageTooLarge
+from ..duplicates import duplicate_groups
+from ..errors import ImageTooLarge, InvalidRequest
+from ..fusion import Verdict
+from ..gateway import ReverseSearch, reverse_search
 from ..indexes import Hit
 from ..library import Library
 from ..store import MAX_FILE_NAME_BYTES, MAX_IMAGE_ID
@@ -18,14 +21,17 @@ from .params import (
     ADD_ERRORS,
     DELETE_ERRORS,
     IMAGE_SEARCH_ERRORS,
+    MAX_K,
     READ_ERRORS,
     STORED_SEARCH_ERRORS,
     Added,
     AddForm,
     Deleted,
+    DuplicatesOut,
+    FusedSearchOut,
+    FusedSearchParams,
     HitOut,
     ImageSearchParams,
-    SearchEverywhereParams,
     SearchParams,
     SimilarToText,
     TextLineOut,
@@ -110,13 +116,30 @@ def delete_everywhere_by_name(request: Request, file_name: FileNameQuery) -> Del
 
 @router.post("/search", tags=["all engines"], response_model_exclude_none=True, responses=IMAGE_SEARCH_ERRORS)
 def search_everywhere(
-    request: Request, image: ImageFile, params: Annotated[SearchEverywhereParams, Form()]
-) -> dict[str, Hits]:
-    """Every engine's answer for one image. A distance threshold bounds the engines scored by distance;
-    local features then return every verified match (min_matches bounds them)."""
-    k, thresholds = params.for_every_engine()
-    found = library_of(request).search_all(read_upload(request, image), k, thresholds, params.mirrored)
-    return {name: hits_out(hits) for name, hits in found.items()}
+    request: Request, image: ImageFile, params: Annotated[FusedSearchParams, Form()]
+) -> FusedSearchOut:
+    """One ranked list from every engine, by calibrated evidence, with a verdict on each hit and on the
+    whole: is this image already here (exact, near_duplicate, copy), or only something like it (similar)?"""
+    return fused_out(reverse_search(library_of(request), read_upload(request, image), params.k))
+
+
+def fused_out(found: ReverseSearch) -> dict:
+    return {"verdict": found.verdict, "hits": [hit.as_dict() for hit in found.hits]}
+
+
+@router.get("/duplicates", tags=["all engines"], responses=READ_ERRORS)
+def duplicates(
+    request: Request,
+    tier: Annotated[Verdict, Query(description="The weakest tier to group by.")] = Verdict.NEAR_DUPLICATE,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_K)] = 100,
+) -> DuplicatesOut:
+    """Groups of duplicates across the library, each pair with its tier; strongest tiers and largest
+    groups first. A group's every pair is within its tier: a burst of similar shots is `similar`."""
+    if tier is Verdict.NONE:
+        raise InvalidRequest("tier none groups nothing: give exact, near_duplicate, copy or similar")
+    groups = duplicate_groups(library_of(request), tier)
+    return {"total": len(groups), "groups": [group.as_dict() for group in groups[offset : offset + limit]]}
 
 
 @router.get("/stats", tags=["service"], responses=READ_ERRORS)

@@ -1,0 +1,103 @@
+"""Features of the copy-detection corpus (`copy_corpus.py`), extracted once and cached.
+
+Every stored image (originals, then distractors) through every engine's `extract`, and every query
+(original x transform) through every engine's `query_variants`, exactly as a Library does it: one
+decode per image for all engines (`decode_for`). Two worker processes of one thread each; chunks of
+CHUNK items are pickled under bench/results/cache/copy_fusion/, so a run resumes where it stopped.
+phash and color queries are cheap and re-made by `copy_fusion.py` itself, so that their query
+variants (phash's turns) can change without extracting again.
+
+Run: .venv/bin/python bench/copy_features.py   (takes about an hour on 2 cores)
+"""
+
+import os
+import pickle
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import common  # noqa: E402
+import copy_corpus as corpus  # noqa: E402
+
+ENGINES = ["phash", "color", "local", "global", "image_text", "tags", "text"]
+QUERY_ENGINES = ["local", "global", "image_text", "tags", "text"]  # phash, color: made when searching
+CHUNK = 40
+FOLDER = common.CACHE_DIR / "copy_fusion"
+MAX_PIXELS = 100_000_000
+_engines = {}
+
+
+def _start() -> None:
+    import cv2
+
+    from lookalike.engines import create_engine
+    from lookalike.models import runtime
+
+    cv2.setNumThreads(1)
+    runtime.set_threads(1)
+    _engines.update({name: create_engine(name) for name in ENGINES})
+
+
+def _extract_stored(image_ids: list[int]) -> list[dict]:
+    from lookalike.engines import decode_for
+
+    found = []
+    for image_id in image_ids:
+        images = decode_for(_engines.values(), corpus.item_bytes(image_id), MAX_PIXELS)
+        found.append({name: engine.extract(images[name]) for name, engine in _engines.items()})
+    return found
+
+
+def _extract_queries(pairs: list[tuple[int, str]]) -> list[dict]:
+    from lookalike.engines import decode_for
+
+    engines = [_engines[name] for name in QUERY_ENGINES]
+    found = []
+    for original, transform in pairs:
+        images = decode_for(engines, corpus.query(original, transform), MAX_PIXELS)
+        found.append({e.name: e.query_variants(images[e.name]) for e in engines})
+    return found
+
+
+def chunk_path(kind: str, start: int):
+    return FOLDER / f"{kind}-{start:06d}.pkl"
+
+
+def query_pairs() -> list[tuple[int, str]]:
+    return [(original, t) for original in range(len(corpus.originals()[0])) for t in corpus.TRANSFORMS]
+
+
+def load(kind: str, count: int) -> list[dict]:
+    found = []
+    for start in range(0, count, CHUNK):
+        found += pickle.loads(chunk_path(kind, start).read_bytes())
+    return found
+
+
+def main() -> None:
+    FOLDER.mkdir(parents=True, exist_ok=True)
+    corpus.check_sources()
+    stored, pairs = list(range(corpus.stored_images())), query_pairs()
+    jobs = [("stored", s, _extract_stored, stored[s : s + CHUNK]) for s in range(0, len(stored), CHUNK)]
+    jobs += [("queries", s, _extract_queries, pairs[s : s + CHUNK]) for s in range(0, len(pairs), CHUNK)]
+    jobs = [job for job in jobs if not chunk_path(job[0], job[1]).exists()]
+    print(f"{len(stored)} stored images, {len(pairs)} queries; {len(jobs)} chunks of {CHUNK} to extract", flush=True)
+    started = time.monotonic()
+    with ProcessPoolExecutor(2, initializer=_start) as pool:
+        futures = [(kind, start, pool.submit(fn, items)) for kind, start, fn, items in jobs]
+        for done, (kind, start, future) in enumerate(futures, 1):
+            path = chunk_path(kind, start)
+            path.with_suffix(".tmp").write_bytes(pickle.dumps(future.result()))
+            path.with_suffix(".tmp").rename(path)
+            elapsed = time.monotonic() - started
+            print(
+                f"{done}/{len(futures)} chunks, {elapsed:.0f} s, eta {elapsed / done * (len(futures) - done):.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
