@@ -19,6 +19,7 @@ from functools import cache
 
 import common
 import numpy as np
+from copy_detection import border, crop_area
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 from sklearn.datasets import load_sample_images
 
@@ -61,14 +62,6 @@ NOT_PHOTOS = {
 }
 
 
-def crop_area(image: Image.Image, removed: float) -> Image.Image:
-    scale = (1 - removed) ** 0.5
-    width, height = image.size
-    w, h = round(width * scale), round(height * scale)
-    left, top = (width - w) // 2, (height - h) // 2
-    return image.crop((left, top, left + w, top + h))
-
-
 @cache
 def _stamp_font_path() -> str:
     fonts = sorted((common.photos_dir() / "fonts").glob("DejaVuSans-Bold.ttf"))
@@ -87,11 +80,6 @@ def stamp(image: Image.Image) -> Image.Image:
     middle = (image.width / 2, image.height / 2)
     draw.text(middle, STAMP, font=font, fill="white", anchor="mm", stroke_width=max(1, size // 15), stroke_fill="black")
     return image
-
-
-def border(image: Image.Image, colour: str) -> Image.Image:
-    dx, dy = round(image.width * 0.1), round(image.height * 0.1)
-    return ImageOps.expand(image, (dx, dy, dx, dy), fill=colour)
 
 
 def colour_shift(image: Image.Image) -> Image.Image:
