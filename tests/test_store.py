@@ -127,3 +127,18 @@ class TestReopen:
         with Library(tmp_path, ["phash"]):
             with pytest.raises(LookalikeError, match="in use"):
                 Library(tmp_path, ["phash"])
+
+
+def test_an_image_keeps_the_digest_it_was_first_added_with(tmp_path):
+    store = FeatureStore(tmp_path / "store", SPECS)
+    features = random_features(1)
+    try:
+        store.add(ImageRecord(7, "", digest=b"a" * 32), {"phash": features["phash"][0]})
+        # Added to another engine later, named, from other bytes: the name is taken, the digest kept.
+        store.add(ImageRecord(7, "seven.jpg", digest=b"b" * 32), {"color": features["color"][0]})
+        assert store.record(7) == ImageRecord(7, "seven.jpg", digest=b"a" * 32)
+        assert store.ids_with_digest(b"a" * 32) == [7] and store.ids_with_digest(b"b" * 32) == []
+        store.delete(7)
+        assert store.ids_with_digest(b"a" * 32) == [] and store.same_contents() == []
+    finally:
+        store.close()

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from itertools import groupby, takewhile
 from pathlib import Path
 from typing import TypeVar
 
@@ -116,7 +117,9 @@ class FeatureStore:
                 if taken:
                     raise Conflict(f"image {record.image_id} is already in engine(s) {', '.join(taken)}")
                 if (record.file_name and not existing.file_name) or (record.digest and not existing.digest):
-                    self._put_record(txn, replace(record, file_name=record.file_name or existing.file_name))
+                    # What the record had stays: a second digest would leave the first one's entry behind.
+                    name, digest = record.file_name or existing.file_name, existing.digest or record.digest
+                    self._put_record(txn, replace(record, file_name=name, digest=digest))
             self._put_features(txn, record.image_id, features)
 
         self._write(add)
@@ -185,25 +188,14 @@ class FeatureStore:
         """The images added from exactly these bytes (by their SHA-256)."""
         with self._reading() as txn:
             cursor = txn.cursor(db=self._contents)
-            found = []
-            if cursor.set_range(digest):
-                for key in cursor.iternext(values=False):
-                    if bytes(key[:32]) != digest:
-                        break
-                    found.append(key_id(key[32:]))
-            return found
+            keys = cursor.iternext(values=False) if cursor.set_range(digest) else []
+            return [key_id(key[32:]) for key in takewhile(lambda key: bytes(key[:32]) == digest, keys)]
 
     def same_contents(self) -> list[list[int]]:
         """Every group of two or more images added from the same bytes; one pass over the digests."""
-        groups, last = [], None
         with self._reading() as txn:
-            for key in txn.cursor(db=self._contents).iternext(values=False):
-                digest, image_id = bytes(key[:32]), key_id(key[32:])
-                if digest == last:
-                    groups[-1].append(image_id)
-                else:
-                    groups.append([image_id])
-                last = digest
+            keys = [bytes(key) for key in txn.cursor(db=self._contents).iternext(values=False)]
+        groups = [[key_id(key[32:]) for key in same] for _, same in groupby(keys, key=lambda key: key[:32])]
         return [group for group in groups if len(group) > 1]
 
     def id_for_name(self, file_name: str) -> int | None:
@@ -212,8 +204,10 @@ class FeatureStore:
             return None if key is None else key_id(key)
 
     def names_for(self, image_ids: list[int]) -> list[str | None]:
+        """Each image's file name (None: no such image); every search hit's, so its record alone is read."""
         with self._reading() as txn:
-            return [(r.file_name if (r := self._read_record(txn, i)) else None) for i in image_ids]
+            values = ((i, txn.get(id_key(i), db=self._images)) for i in image_ids)
+            return [None if value is None else self._decode_record(i, value).file_name for i, value in values]
 
     def feature(self, engine: str, image_id: int) -> np.ndarray | None:
         with self._reading() as txn:
