@@ -22,7 +22,7 @@ import numpy as np
 from .engines.phash import BLOCK
 from .errors import InvalidRequest
 from .fusion import Calibration, Verdict, shipped_calibration
-from .indexes.hamming_pairs import pairs_within
+from .indexes.hamming_pairs import hamming, pairs_within
 from .library import Library
 
 TIERS = [Verdict.EXACT, Verdict.NEAR_DUPLICATE, Verdict.COPY, Verdict.SIMILAR]
@@ -79,7 +79,7 @@ def duplicate_groups(
     if limit >= TIERS.index(Verdict.COPY):
         candidates |= features.embedding_neighbours(calibration.similar_within.get("global", 0.0))
     same_bytes = [pair for group in library.store.same_contents() for pair in _all_pairs(sorted(group))]
-    exact = {pair for pair in same_bytes if set(pair) <= features.has}
+    exact = {pair for pair in same_bytes if set(pair) <= features.row.keys()}
     pairs = {}
     for first, second in candidates | exact:
         pair = features.pair(first, second, (first, second) in exact, threshold, calibration)
@@ -102,7 +102,6 @@ class _Features:
     def __init__(self, library: Library):
         self.ids, self.hashes = library.store.read_features("phash")
         self.row = {image_id: row for row, image_id in enumerate(self.ids.tolist())}
-        self.has = self.row.keys()
         self.embeddings = self.colors = None
         if "global" in library.engines:
             self.embeddings = self._aligned(library, "global")
@@ -139,7 +138,7 @@ class _Features:
     def pair(self, first: int, second: int, exact: bool, threshold: float, calibration: Calibration) -> Pair:
         a, b = self.row[first], self.row[second]
         hashes = self.hashes[a], self.hashes[b]
-        scores = {"phash": float(min(_hamming(*hashes), _hamming(hashes[0] ^ _MIRROR, hashes[1])))}
+        scores = {"phash": float(min(hamming(*hashes), hamming(hashes[0] ^ _MIRROR, hashes[1])))}
         if self.embeddings is not None:
             scores["global"] = float(max(0.0, 1.0 - self.embeddings[a] @ self.embeddings[b]))
         if self.colors is not None:
@@ -156,10 +155,6 @@ class _Features:
         else:
             tier = Verdict.NONE
         return Pair(first, second, tier, {e: round(s, 4) for e, s in scores.items()}, round(float(evidence), 3))
-
-
-def _hamming(a: np.ndarray, b: np.ndarray) -> int:
-    return int(np.unpackbits(a ^ b).sum())
 
 
 def _all_pairs(members: list[int]):

@@ -38,7 +38,7 @@ def pairs_within(codes: np.ndarray, radius: int, seed: int = 0) -> tuple[np.ndar
                 break
             first, second = order[same], order[same + step]
             pairs = np.stack([np.minimum(first, second), np.maximum(first, second)], axis=1)
-            distances = _hamming(codes[pairs[:, 0]], codes[pairs[:, 1]])
+            distances = hamming(codes[pairs[:, 0]], codes[pairs[:, 1]])
             found.append(np.column_stack([pairs[distances <= radius], distances[distances <= radius]]))
     if not found:
         return np.empty((0, 2), np.int64), np.empty(0, np.int64)
@@ -46,5 +46,6 @@ def pairs_within(codes: np.ndarray, radius: int, seed: int = 0) -> tuple[np.ndar
     return unique[:, :2], unique[:, 2]
 
 
-def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(a ^ b).sum(axis=1, dtype=np.int64)
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bits that differ between codes (rows of bytes), row by row."""
+    return np.bitwise_count(a ^ b).sum(axis=-1, dtype=np.int64)
