@@ -18,6 +18,7 @@ import random
 from functools import cache
 
 import common
+import copy_detection
 import numpy as np
 from copy_detection import border, crop_area
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
@@ -110,21 +111,18 @@ def rotate(image: Image.Image, degrees: float) -> Image.Image:
     return image.rotate(degrees, Image.Resampling.BICUBIC, expand=False, fillcolor="black")
 
 
+SECTION_4 = copy_detection.TRANSFORMS  # the edits both benchmarks make, made the same way
 TRANSFORMS = {
-    "jpeg-q30": lambda im: im,
-    "resize-1/4": lambda im: im.resize((max(1, im.width // 4), max(1, im.height // 4)), Image.Resampling.LANCZOS),
-    "mirror": ImageOps.mirror,
-    "crop-10%": lambda im: crop_area(im, 0.10),
-    "crop-30%": lambda im: crop_area(im, 0.30),
+    **{name: SECTION_4[name] for name in ("jpeg-q30", "resize-1/4", "mirror", "crop-10%", "crop-30%")},
     "crop-50%": lambda im: crop_area(im, 0.50),
-    "rotate-5": lambda im: rotate(im, 5),
+    "rotate-5": SECTION_4["rotate-5"],
     "rotate-10": lambda im: rotate(im, -10),
-    "rotate-90": lambda im: im.transpose(Image.Transpose.ROTATE_90),
-    "grey": lambda im: im.convert("L"),
+    "rotate-90": SECTION_4["rotate-90"],
+    "grey": SECTION_4["grey"],
     "colour-shift": colour_shift,
     "text": stamp,
-    "border-white": lambda im: border(im, "white"),
-    "border-black": lambda im: border(im, "black"),
+    "border-white": SECTION_4["border-white"],
+    "border-black": SECTION_4["border-black"],
     "screenshot": screenshot,
     "crop+mirror+warm": lambda im: colour_shift(ImageOps.mirror(crop_area(im, 0.3))),
     "half+text+border": lambda im: border(stamp(im.resize((im.width // 2, im.height // 2))), "black"),
