@@ -4,8 +4,9 @@ Originals: the 46 test photos and the Machine Vision Toolbox photos (common.mvtb
 at most ORIGINAL_SIDE on the long side, stored as JPEG q90. Queries: every original under every
 transform in TRANSFORMS, made from that stored JPEG and encoded as JPEG q90 (q30 for jpeg-q30).
 
-Distractors (seeded): none shows an original's content. Their sources are the other real photos the
-packages ship: OpenCV's RGB samples (no drawings, logos or test patterns) and scikit-learn's two
+Distractors (seeded): their sources are the other real photos the packages ship (one of them, OpenCV's
+butterfly, turned out to be an original too: `copy_fusion.same_source` counts its cuts as copies of
+it): OpenCV's RGB samples (no drawings, logos or test patterns) and scikit-learn's two
 sample photos. 60% are one source photo cut (20-70% of its area, any place, any aspect between 1:2
 and 2:1), maybe mirrored, turned up to 15 degrees, colour-jittered; 40% are mosaics of two or four
 such cuts from different sources. Each is scaled to a long side of 480-1024 px. STAMPED of them carry
@@ -143,6 +144,11 @@ def query(original: int, transform: str) -> bytes:
 
 @cache
 def distractor_sources() -> list[Image.Image]:
+    return [image for _, image in _named_sources()]
+
+
+@cache
+def _named_sources() -> list[tuple[str, Image.Image]]:
     folder = common.photos_dir() / "opencv"
     found = []
     for path in sorted([*folder.glob("*.jpg"), *folder.glob("*.png")]):
@@ -150,8 +156,22 @@ def distractor_sources() -> list[Image.Image]:
             continue
         with Image.open(path) as image:
             if image.mode == "RGB" and min(image.size) >= 300:
-                found.append(image.copy())
-    found += [Image.fromarray(array) for array in load_sample_images().images]
+                found.append((path.stem, image.copy()))
+    return found + [(f"sklearn-{i}", Image.fromarray(a)) for i, a in enumerate(load_sample_images().images)]
+
+
+def distractors_from(source: str) -> list[int]:
+    """The distractors (by index) cut from the source photo named `source` (an OpenCV sample's stem):
+    `distractor`'s choices of sources, replayed."""
+    names = [name for name, _ in _named_sources()]
+    found = []
+    for index in range(DISTRACTORS):
+        rng = random.Random(common.SEED * 1000 + index)
+        chosen = (
+            [rng.randrange(len(names))] if rng.random() < 0.6 else rng.sample(range(len(names)), rng.choice((2, 4)))
+        )
+        if source in (names[i] for i in chosen):
+            found.append(index)
     return found
 
 

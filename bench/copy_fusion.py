@@ -17,7 +17,9 @@ Calibration, per engine: the listed hits' scores are cut into quantile bins (of 
 scores and of the others' separately, merged); a bin's likelihood ratio is (originals / others) x
 (library size - 1), with half a count added to each; the log ratios are made monotone by isotonic
 regression weighted by the bins' counts. Not being listed gets the ratio of the originals' and the
-others' rates of not being listed. A hit's fused score is the sum over engines.
+others' rates of not being listed. A hit's fused score is the sum over engines. Two calibrations
+are compared (SETTINGS): the local engine's evidence read from all its verified matches, and from
+its precise matches alone; SHIPPED is the one written.
 
 Verdicts: "present", every query with its original in the library (a success: the top hit is the
 original with `copy` or better); "absent", the same queries with the original taken out of every
@@ -36,6 +38,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import replace
+from functools import cache
 from pathlib import Path
 
 import common
@@ -47,7 +50,7 @@ from sklearn.linear_model import LogisticRegression
 
 from lookalike.engines import decode_for
 from lookalike.fusion import PAIR_ENGINES, PER_ENGINE, Calibration, EngineCalibration, Verdict, fuse, reciprocal_rank
-from lookalike.indexes import Hit
+from lookalike.indexes import Hit, Matches
 from lookalike.library import Library
 from lookalike.store import ImageRecord
 
@@ -62,6 +65,15 @@ ABSENT_RATE = 0.005
 STRONG = (Verdict.EXACT, Verdict.NEAR_DUPLICATE, Verdict.COPY)
 # The similar tier: a global-features cosine distance within this shows the same scene (see docs).
 SIMILAR_GLOBAL = 0.25
+# Calibrations compared, by what each engine's evidence is read from (its score unless named here):
+# the local engine by all its verified matches, or by the precise ones alone (a copy's are precise,
+# another shot's mostly not). The shipped one is written with --write.
+SETTINGS = {"local by matches": {}, "local by precise matches": {"local": "precise_matches"}}
+SHIPPED = "local by precise matches"
+# The share of the originals' local hits that may have fewer precise matches than `precise_share`.
+PRECISE_SHARE_MISSED = 0.02
+SAME_SOURCE = ("mvtb/mosaic/aerial",)  # originals cut from one photo, by name
+SAME_AS_SOURCE = {"mvtb/butterfly.jpg": "butterfly"}  # originals that are a distractor source photo
 
 
 def open_library() -> Library:
@@ -102,6 +114,24 @@ def search_everything(library: Library) -> list[dict[str, list[Hit]]]:
     return found
 
 
+def held_out_fusion(found, truths, fold, stored, near, on: dict[str, str]) -> dict:
+    """Each fold's queries fused with the calibration fitted on the other fold: the original first, the
+    verdicts with it present and with it taken out."""
+    fits = {}
+    for f in (0, 1):
+        other = [g != f for g in fold]
+        fits[f] = fit([x for x, o in zip(found, other) if o], [t for t, o in zip(truths, other) if o], stored, near, on)
+    result = {"fits": fits, "top": [], "present_ok": [], "absent_bad": [], "absent_verdicts": defaultdict(int)}
+    for x, truth, f in zip(found, truths, fold):
+        hits = fuse(x, fits[f], near_duplicate=near)
+        result["top"].append(hits[0].image_id == truth)
+        result["present_ok"].append(hits[0].image_id == truth and hits[0].verdict in STRONG)
+        best_absent = fuse(without(x, truth), fits[f], near_duplicate=near)
+        result["absent_verdicts"][best_absent[0].verdict.value if best_absent else "none"] += 1
+        result["absent_bad"].append(bool(best_absent) and best_absent[0].verdict in STRONG)
+    return result
+
+
 def stamp_check(library: Library) -> None:
     """The local engine on the stamped queries with and without setting shared patterns aside."""
     import lookalike.engines.local as local
@@ -137,17 +167,34 @@ def stamp_check(library: Library) -> None:
     )
 
 
-def without(found: dict[str, list[Hit]], image_id: int) -> dict[str, list[Hit]]:
-    return {name: [hit for hit in hits if hit.image_id != image_id] for name, hits in found.items()}
+def without(found: dict[str, list[Hit]], original: int) -> dict[str, list[Hit]]:
+    """The lists as a library without the original would give them: without it, and without the other
+    originals cut from the same photo (`same_source`)."""
+    gone = same_source(original)
+    return {name: [hit for hit in hits if hit.image_id not in gone] for name, hits in found.items()}
+
+
+@cache
+def same_source(original: int) -> frozenset[int]:
+    """The original and the stored images that share its pixels (checked by the local engine's precise
+    matches, all of theirs precise): the aerial mosaic tiles are cut from one photo (aerialphoto), so a
+    library holding one tile holds part of the next; OpenCV's butterfly sample, a distractor source, is
+    the Machine Vision Toolbox's butterfly, so the distractors cut from it are crops of that original."""
+    names = corpus.originals()[0]
+    family = next((prefix for prefix in SAME_SOURCE if names[original].startswith(prefix)), None)
+    found = {original} if family is None else {i for i, name in enumerate(names) if name.startswith(family)}
+    if names[original] in SAME_AS_SOURCE:
+        found |= {len(names) + index for index in corpus.distractors_from(SAME_AS_SOURCE[names[original]])}
+    return frozenset(found)
 
 
 # -- calibration -------------------------------------------------------------------------------------
 
 
-def fit_engine(lists: list[list[Hit]], truths: list[int], stored: int) -> EngineCalibration:
+def fit_engine(lists: list[list[Hit]], truths: list[int], stored: int, on: str = "score") -> EngineCalibration:
     scores, labels = [], []
     for hits, truth in zip(lists, truths):
-        scores += [hit.score for hit in hits]
+        scores += [getattr(hit, on) for hit in hits]
         labels += [hit.image_id == truth for hit in hits]
     scores, labels = np.array(scores, np.float64), np.array(labels, bool)
     higher_is_better = next((hits[0].measure.higher_is_better for hits in lists if hits), False)
@@ -156,7 +203,7 @@ def fit_engine(lists: list[list[Hit]], truths: list[int], stored: int) -> Engine
     listed_originals = int(labels.sum())
     absent = np.log((queries - listed_originals + 0.5) / queries) - np.log((others - (~labels).sum()) / others)
     if listed_originals == 0:
-        return EngineCalibration([0.0], [float(absent)], float(absent))
+        return EngineCalibration([0.0], [float(absent)], float(absent), on=on)
     edges = np.unique(
         np.concatenate(
             [
@@ -176,7 +223,7 @@ def fit_engine(lists: list[list[Hit]], truths: list[int], stored: int) -> Engine
     monotone = IsotonicRegression(increasing=higher_is_better).fit(centres, ratios, sample_weight=weights)
     log_ratios = np.clip(monotone.predict(centres), *LOG_RATIO_LIMITS)
     return EngineCalibration(
-        [round(c, 6) for c in centres], [round(float(r), 4) for r in log_ratios], round(float(absent), 4)
+        [round(c, 6) for c in centres], [round(float(r), 4) for r in log_ratios], round(float(absent), 4), on=on
     )
 
 
@@ -187,7 +234,7 @@ def evidence_matrix(lists: dict[str, list[Hit]], engines: dict[str, EngineCalibr
     matrix = np.tile([fit.absent for fit in engines.values()], (len(ids), 1))
     for column, (name, fit) in enumerate(engines.items()):
         for hit in lists.get(name, []):
-            matrix[row[hit.image_id], column] = np.interp(hit.score, fit.scores, fit.log_ratios)
+            matrix[row[hit.image_id], column] = np.interp(getattr(hit, fit.on), fit.scores, fit.log_ratios)
     return ids, matrix
 
 
@@ -209,30 +256,57 @@ def fit_weights(found: list[dict], truths: list[int], engines: dict[str, EngineC
     return np.clip(model.coef_[0], 0.0, None)
 
 
-def fit(found: list[dict], truths: list[int], stored: int, near: dict) -> Calibration:
-    engines = {name: fit_engine([f[name] for f in found], truths, stored) for name in found[0]}
+def fit(found: list[dict], truths: list[int], stored: int, near: dict, on: dict[str, str]) -> Calibration:
+    """`on`: the engines calibrated on another number of their hits than the score (`EngineCalibration.on`)."""
+    engines = {name: fit_engine([f[name] for f in found], truths, stored, on.get(name, "score")) for name in found[0]}
     weights = fit_weights(found, truths, engines)
     engines = {name: replace(fit, weight=round(float(w), 4)) for (name, fit), w in zip(engines.items(), weights)}
-    partial = Calibration(engines, copy_at=float("inf"))
-    best_absent = [fuse(without(f, truth), partial, near_duplicate=near)[0].score for f, truth in zip(found, truths)]
+    precise = {}
+    if "local" in on:  # the rules on the precise matches alone (Calibration.says_copy)
+        shares = [h.precise_matches / h.score for f, t in zip(found, truths) for h in f["local"] if h.image_id == t]
+        precise["precise_share"] = round(float(np.quantile(shares, PRECISE_SHARE_MISSED)), 4)
+        best_precise = [
+            max((h.precise_matches for h in without(f, t)["local"]), default=0) for f, t in zip(found, truths)
+        ]
+        precise["precise_copy_at"] = _above(best_precise, ABSENT_RATE / 2)
+    partial = Calibration(engines, float("inf"), **precise)
+    copy_at = _copy_at([fuse(without(f, t), partial, near_duplicate=near) for f, t in zip(found, truths)], partial)
     # Duplicate groups judge two stored images on PAIR_ENGINES alone: their own threshold, made the same way.
-    pairwise = Calibration({name: fit for name, fit in engines.items() if name in PAIR_ENGINES}, float("inf"))
-    best_pair_absent = [
-        fuse({e: hits for e, hits in without(f, truth).items() if e in PAIR_ENGINES}, pairwise)[0].score
-        for f, truth in zip(found, truths)
-    ]
-    return Calibration(
-        engines,
-        _above(best_absent),
-        {"global": SIMILAR_GLOBAL},
-        pair_copy_at=_above(best_pair_absent),
-    )
+    pairwise = replace(partial, engines={name: fit for name, fit in engines.items() if name in PAIR_ENGINES})
+    pair_lists = [{e: hits for e, hits in without(f, t).items() if e in PAIR_ENGINES} for f, t in zip(found, truths)]
+    pair_copy_at = _copy_at([fuse(lists, pairwise) for lists in pair_lists], pairwise)
+    return replace(partial, copy_at=copy_at, similar_within={"global": SIMILAR_GLOBAL}, pair_copy_at=pair_copy_at)
 
 
-def _above(best_absent: list[float]) -> float:
-    """The smallest score that no more than ABSENT_RATE of the absent queries' best hits reach."""
+def _copy_at(absent: list[list], calibration: Calibration) -> float:
+    """The smallest fused score at which no more than ABSENT_RATE of the absent queries' best hits are
+    copies, with the rules on precise matches as `calibration` has them."""
+    scores = []
+    for hits in absent:
+        verified = (
+            [
+                Matches(int(e.score), e.precise_matches)
+                for e in hits[0].evidence.values()
+                if e.precise_matches is not None
+            ]
+            if hits
+            else []
+        )
+        if hits and calibration.says_copy(-np.inf, 0.0, verified):
+            scores.append(np.inf)  # a copy by its precise matches alone, whatever the threshold
+        elif not hits or not calibration.says_copy(np.inf, 0.0, verified):
+            scores.append(-np.inf)  # nothing found, or another shot by its precise matches: never a copy
+        else:
+            scores.append(hits[0].score)
+    return _above(scores, ABSENT_RATE)
+
+
+def _above(best_absent: list[float], rate: float) -> float:
+    """The smallest score that no more than `rate` of the absent queries' best reach."""
     ordered = sorted(best_absent)
-    return round(float(ordered[min(len(ordered) - 1, int(np.ceil((1 - ABSENT_RATE) * len(ordered))))]) + 1e-3, 4)
+    allowed = int(np.floor(rate * len(ordered)))  # reaching it: the `allowed` largest at most
+    value = ordered[len(ordered) - allowed - 1] if allowed < len(ordered) else ordered[0]
+    return round(float(value) + 1e-3, 4) if np.isfinite(value) else float(value)
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -256,33 +330,20 @@ def main() -> None:
     found = pickle.loads(SEARCHED.read_bytes())
     unturned = [x.pop(UNTURNED) for x in found]
     fold = np.array([original % 2 for original in truths])
-    fits = {
-        f: fit([x for x, g in zip(found, fold) if g != f], [t for t, g in zip(truths, fold) if g != f], stored, near)
-        for f in (0, 1)
-    }
     recall_1 = {
         name: np.array([bool(x[name]) and x[name][0].image_id == t for x, t in zip(found, truths)])
         for name in features.ENGINES
     }
     recall_1[UNTURNED] = np.array([bool(u) and u[0].image_id == t for u, t in zip(unturned, truths)])
     fold_weights = {f: {name: float(recall_1[name][fold != f].mean()) for name in features.ENGINES} for f in (0, 1)}
-    fused_top, rrf_top, weighted_top, present_ok, absent_bad = [], [], [], [], []
-    absent_verdicts = defaultdict(int)
-    for x, truth, f in zip(found, truths, fold):
-        calibration = fits[f]
-        hits = fuse(x, calibration, near_duplicate=near)
-        fused_top.append(hits[0].image_id == truth)
-        present_ok.append(hits[0].image_id == truth and hits[0].verdict in STRONG)
-        rrf_top.append(reciprocal_rank(x)[0] == truth)
-        weighted_top.append(reciprocal_rank(x, weights=fold_weights[f])[0] == truth)
-        best_absent = fuse(without(x, truth), calibration, near_duplicate=near)
-        absent_verdicts[best_absent[0].verdict if best_absent else Verdict.NONE] += 1
-        absent_bad.append(bool(best_absent) and best_absent[0].verdict in STRONG)
+    rrf_top = [reciprocal_rank(x)[0] == t for x, t in zip(found, truths)]
+    weighted_top = [reciprocal_rank(x, weights=fold_weights[f])[0] == t for x, t, f in zip(found, truths, fold)]
+    held_out = {label: held_out_fusion(found, truths, fold, stored, near, on) for label, on in SETTINGS.items()}
     columns = {
         **recall_1,
         "RRF k=60": np.array(rrf_top),
         "weighted RRF": np.array(weighted_top),
-        "fused (calibrated)": np.array(fused_top),
+        **{f"fused, {label}": np.array(result["top"]) for label, result in held_out.items()},
     }
     by_transform = np.array([transforms.index(t) for _, t in pairs])
     rows = []
@@ -294,31 +355,44 @@ def main() -> None:
         f"{corpus.STAMPED} of them stamped; {len(pairs)} queries)\n"
     )
     print(common.table(["transform", *columns], rows))
-    present_ok, absent_bad = np.array(present_ok), np.array(absent_bad)
-    print("\nVerdicts (held out):\n")
+    print("\nVerdicts (held out), per calibration:\n")
     verdict_rows = []
     for i, transform in enumerate(transforms + ["all"]):
         chosen = by_transform == i if transform != "all" else np.ones(len(pairs), bool)
-        verdict_rows.append([transform, f"{present_ok[chosen].mean():.3f}", f"{absent_bad[chosen].mean():.4f}"])
-    print(
-        common.table(["transform", "present: original first, copy or better", "absent: copy or better"], verdict_rows)
-    )
-    print(f"\nabsent queries' best verdicts: {dict(absent_verdicts)}")
-    shipped = fit(found, truths, stored, near)
-    shipped = Calibration(
-        shipped.engines,
-        shipped.copy_at,
-        shipped.similar_within,
-        shipped.pair_copy_at,
+        verdict_rows.append(
+            [transform]
+            + [
+                f"{np.mean(np.array(result[key])[chosen]):.{digits}f}"
+                for result in held_out.values()
+                for key, digits in (("present_ok", 3), ("absent_bad", 4))
+            ]
+        )
+    verdicts = ("present, copy or better", "absent, copy or better")
+    headers = [f"{label}: {what}" for label in held_out for what in verdicts]
+    print(common.table(["transform", *headers], verdict_rows))
+    for label, result in held_out.items():
+        print(f"\n{label}: absent queries' best verdicts: {result['absent_verdicts']}")
+        print(
+            f"{label}: per fold: "
+            + "; ".join(
+                f"copy_at {c.copy_at}, precise_copy_at {c.precise_copy_at}, precise_share {c.precise_share}"
+                for c in result["fits"].values()
+            )
+        )
+    shipped = fit(found, truths, stored, near, SETTINGS[SHIPPED])
+    shipped = replace(
+        shipped,
         made_by=f"bench/copy_fusion.py on {time.strftime('%Y-%m-%d')}: {len(pairs)} queries ({len(names)} originals "
         f"x {len(transforms)} transforms) against {stored} stored images (originals + {corpus.DISTRACTORS} "
         f"distractors), each engine's {PER_ENGINE} best; weights: logistic regression of each query's original "
         f"against its {HARDEST} hardest other candidates; copy_at (pair_copy_at: on {', '.join(PAIR_ENGINES)} "
-        f"alone): {ABSENT_RATE:.1%} of the queries' best hits with the original taken out at or above it",
+        f"alone): {ABSENT_RATE:.1%} of the queries' best hits with the original taken out at or above it; local "
+        f"by its precise matches: precise_share the {PRECISE_SHARE_MISSED:.0%} quantile of the originals' shares, "
+        f"precise_copy_at reached by {ABSENT_RATE / 2:.2%} of the queries with the original taken out",
     )
     print(
-        f"\ncalibration (all queries): copy_at {shipped.copy_at} (folds: {fits[0].copy_at}, {fits[1].copy_at}); "
-        f"pair_copy_at {shipped.pair_copy_at}"
+        f"\ncalibration (all queries, {SHIPPED}): copy_at {shipped.copy_at}; pair_copy_at {shipped.pair_copy_at}; "
+        f"precise_copy_at {shipped.precise_copy_at}; precise_share {shipped.precise_share}"
     )
     for name, engine in shipped.engines.items():
         points = ", ".join(f"{s:g}: {r:.1f}" for s, r in zip(engine.scores, engine.log_ratios))

@@ -1,8 +1,8 @@
 """Duplicate tiers over a whole library: pair precision per tier, multi-view series, and the cost of
 the phash tier as the library grows.
 
-Library (phash, color, global; features from copy_features.py's cache, phash and color made from the
-bytes): the originals of copy_corpus.py, every transformed copy of each (17 per original), and the
+Library (phash, color, global, local; features from copy_features.py's cache, phash and color made
+from the bytes): the originals of copy_corpus.py, every transformed copy of each (17 per original), and the
 5,200 distractors. `duplicate_groups` at tier `similar`; each pair in a group is judged by its own
 tier. A pair of an original (or a copy of it) with a copy of the same original is right; a pair of
 two different originals, or with a distractor, is wrong; pairs of two distractors are left out (they
@@ -36,7 +36,7 @@ from lookalike.fusion import Verdict
 from lookalike.library import Library
 from lookalike.store import ImageRecord
 
-ENGINES = ["phash", "color", "global"]
+ENGINES = ["phash", "color", "global", "local"]
 
 
 def series_of(name: str) -> str | None:
@@ -69,7 +69,8 @@ def build(folder: Path) -> tuple[Library, dict[int, int]]:
     for n, ((original, transform), variants) in enumerate(zip(pairs, queries)):
         image_id = 100_000 + n
         images = decode_for(cheap, corpus.query(original, transform), features.MAX_PIXELS)
-        feature = {e.name: e.extract(images[e.name]) for e in cheap} | {"global": variants["global"][0]}
+        feature = {e.name: e.extract(images[e.name]) for e in cheap}
+        feature |= {"global": variants["global"][0], "local": variants["local"][0]}
         batch.append((ImageRecord(image_id, f"{names[original]} {transform}"), feature))
         source[image_id] = original
         if len(batch) == 500:

@@ -85,7 +85,7 @@ def distance(engine, a: np.ndarray, b: np.ndarray) -> float:
 def same_image(engine, a, b) -> bool:
     """Whether the engine takes two features for one image: within its threshold, or verified matches."""
     if engine.spec.kind == "points":
-        return engine.verify(a, b) > 0
+        return engine.verify(a, b).count > 0
     if engine.spec.kind == "text":  # one's words all among the other's (a smaller copy loses small print)
         ours, theirs = set(words(a.text)), set(words(b.text))
         return bool(ours and theirs) and (ours <= theirs or theirs <= ours)

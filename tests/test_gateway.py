@@ -6,6 +6,7 @@ made from the stored JPEGs as a user's edits would make them.
 """
 
 import io
+from dataclasses import replace
 from functools import cache
 
 import pytest
@@ -21,7 +22,8 @@ import lookalike.engines.local as local
 from lookalike.config import Settings
 from lookalike.duplicates import TIERS, Pair, _complete_linkage
 from lookalike.engines.local import MIN_MATCHES
-from lookalike.fusion import Verdict
+from lookalike.fusion import Verdict, shipped_calibration
+from lookalike.indexes import Matches
 from lookalike.library import Library
 from lookalike.service import create_app
 
@@ -119,6 +121,22 @@ def test_the_original_gateway_routes(service):
     assert ok(service.get("/stats"))["images"] == len(STORED)
 
 
+def test_search_asks_only_the_engines_whose_evidence_counts(service):
+    """POST /search leaves out the engines the calibration weighs at nothing (their lists cannot move a
+    fused score); the original gateway's route still has every engine's list, and both fuse alike."""
+    served = list(service.app.state.library.engines)
+    weighed = set(shipped_calibration().weighing(served))
+    assert weighed and weighed < set(served)
+    data = edited("chelsea", lambda im: crop(im, 0.7))
+    fused = ok(upload(service, "/search", data))
+    everything = ok(upload(service, "/reverse_search", data))["fused"]
+    assert set().union(*(hit["evidence"] for hit in fused["hits"])) <= weighed
+    assert set().union(*(hit["evidence"] for hit in everything["hits"])) - weighed
+    scores = {hit["image_id"]: hit["score"] for hit in everything["hits"]}
+    assert all(hit["score"] == pytest.approx(scores[hit["image_id"]]) for hit in fused["hits"])
+    assert fused["hits"][0]["image_id"] == everything["hits"][0]["image_id"] == STORED.index("chelsea")
+
+
 @pytest.mark.parametrize("edit", EDITS)
 def test_an_edited_copy_finds_its_original_with_its_verdict(service, edit):
     verdicts, change = EDITS[edit]
@@ -145,7 +163,7 @@ def test_the_same_bytes_are_exact_and_the_cli_says_so(service):
 
 
 def test_duplicates_by_tier_through_the_api(tmp_path):
-    settings = Settings(data_dir=tmp_path, engines=["phash", "color", "global"], models_dir=MODELS_DIR)
+    settings = Settings(data_dir=tmp_path, engines=["phash", "color", "global", "local"], models_dir=MODELS_DIR)
     # Two photo shoots: shots a moment apart, of the same people and room. A burst, not duplicates.
     burst = {"pexels-7303773": 20, "pexels-cup-of-couple-7303788": 21, "pexels-7303992": 22, "pexels-7303995": 23}
     added = {10: jpeg("coffee"), 11: edited("chelsea", ImageOps.mirror), 12: edited("rocket", lambda im: crop(im, 0.8))}
@@ -168,14 +186,24 @@ def test_duplicates_by_tier_through_the_api(tmp_path):
         near = groups("near_duplicate")
         assert set(near) == {frozenset({2, 10}), frozenset({1, 11})}, near  # the mirror image too
         assert near[frozenset({1, 11})]["tier"] == "near_duplicate"
+        # A crop: a copy, its matches precise.
+        (crop_pair,) = [p for g in groups("copy").values() for p in g["pairs"] if set(p["images"]) == {3, 12}]
+        assert crop_pair["tier"] == "copy" and crop_pair["precise_matches"] >= MIN_MATCHES, crop_pair
         similar = groups("similar")
-        assert any({3, 12} <= ids for ids in similar), similar  # a crop: at least the same scene
         shoots = [g for ids, g in similar.items() if ids & set(burst.values())]
         assert shoots and all(g["tier"] == "similar" for g in shoots), shoots
         paged = ok(client.get("/duplicates", params={"tier": "similar", "offset": 1, "limit": 1}))
         assert paged["total"] == len(similar) and len(paged["groups"]) == 1
         error(client.get("/duplicates", params={"tier": "none"}), 422)
         error(client.get("/duplicates", params={"tier": "twins"}), 422)
+
+
+def test_precise_matches_make_a_copy_and_another_shot_is_never_one():
+    calibration = replace(shipped_calibration(), precise_copy_at=40, precise_share=0.8)
+    assert calibration.says_copy(25.0, 20.0, []) and not calibration.says_copy(15.0, 20.0, [])
+    assert calibration.says_copy(0.0, 20.0, [Matches(45, 44)])  # its pixels: a copy whatever else says
+    assert calibration.says_copy(25.0, 20.0, [Matches(30, 29)])
+    assert not calibration.says_copy(99.0, 20.0, [Matches(39, 20)])  # another shot of the scene
 
 
 def test_groups_never_chain_photos_that_are_not_alike():

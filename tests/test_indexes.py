@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from helpers import MemorySource
 
-from lookalike.features import FeatureSpec, Keypoints, TextLine, TextLines
+from lookalike.features import FeatureSpec, Keypoints, Matches, TextLine, TextLines
 from lookalike.indexes import INDEX_KINDS, IndexSetup, Marker, Measure, Training, index_kind
 from lookalike.indexes import vectors as vectors_module
 from lookalike.indexes.manager import IndexManager
@@ -48,12 +48,13 @@ def keypoints(rng, n):
     ]
 
 
-def identical_descriptors(query: Keypoints, candidates: list[Keypoints]) -> list[int]:
+def identical_descriptors(query: Keypoints, candidates: list[Keypoints]) -> list[Matches]:
     """A stand-in for geometric verification: how many query descriptors each candidate has exactly."""
     found = []
     for stored in candidates:
         shared = {row.tobytes() for row in stored.descriptors}
-        found.append(sum(row.tobytes() in shared for row in query.descriptors))
+        same = sum(row.tobytes() in shared for row in query.descriptors)
+        found.append(Matches(same, same))
     return found
 
 

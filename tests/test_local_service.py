@@ -48,8 +48,9 @@ def image_ids(matches: list) -> list[int]:
 
 def check_local(matches: list) -> None:
     for match in matches:
-        assert set(match) == {"image_id", "matches", "file_name"}, match
+        assert set(match) == {"image_id", "matches", "precise_matches", "file_name"}, match
         assert isinstance(match["matches"], int) and match["matches"] >= MIN_MATCHES
+        assert 0 <= match["precise_matches"] <= match["matches"]
     assert [m["matches"] for m in matches] == sorted((m["matches"] for m in matches), reverse=True)
 
 

@@ -326,3 +326,28 @@ def test_delete_from_one_engine_and_from_all(service, photos):
     service.post("/images", files=upload(encode(photos["retina"])), data={"image_id": 51})
     deleted = service.delete("/images/51").json()["deleted_from"]
     assert sorted(deleted) == sorted(["phash", *NEURAL])
+
+
+def test_engines_classifying_one_image_side_by_side_run_the_network_once_per_image(photos, monkeypatch):
+    """A fused search hands the same decoded image to global (with its two turns), tags and image_text
+    at once: the network runs for each distinct image once, and every engine gets the same rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    classifier = image_classifier("efficientnet-lite2", MODELS_DIR)
+    session, batches = classifier._session, []
+
+    class Counting:
+        def run(self, outputs, feeds):
+            batches.append(len(feeds["image"]))
+            return session.run(outputs, feeds)
+
+    monkeypatch.setattr(classifier, "_session", Counting())
+    image = photos["chelsea"].copy()
+    turned = [image, image.transpose(Image.Transpose.ROTATE_90), image.transpose(Image.Transpose.ROTATE_270)]
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(classifier.classify, [turned, [image], [image]]))
+    assert sum(batches) == 3
+    assert all(np.array_equal(answer.features[0], answers[0].features[0]) for answer in answers)
+    alone = image_classifier("efficientnet-lite2", MODELS_DIR).classify([photos["coffee"].copy(), image])
+    assert batches[-1] == 1 and np.array_equal(alone.probabilities[1], answers[0].probabilities[0])
+    assert classifier.classify([]).features.shape == (0, CLASSIFIERS["efficientnet-lite2"].feature_dim)

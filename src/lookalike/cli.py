@@ -16,7 +16,7 @@ from . import indexer
 from .config import Settings
 from .duplicates import duplicate_groups
 from .errors import LookalikeError, StorageFull
-from .fusion import Verdict
+from .fusion import Evidence, Verdict
 from .gateway import ReverseSearch, reverse_search
 from .indexes import Hit
 from .library import Library
@@ -174,8 +174,13 @@ def _print_fused(found: ReverseSearch, query: str, as_json: bool) -> None:
     out.print(f"[bold]{query}[/]: {found.verdict.value.replace('_', ' ')}", highlight=False)
     for hit in found.hits:
         out.print(f"{hit.image_id:>8}  {hit.verdict.value:<14} {hit.score:7.1f}  {hit.file_name}", highlight=False)
-        said = [f"{name} #{e.rank} ({e.score:.3g} {e.measure.value})" for name, e in hit.evidence.items()]
+        said = [f"{name} #{e.rank} ({_evidence_text(e)})" for name, e in hit.evidence.items()]
         out.print(f"{'':>34}[dim]{' · '.join(said)}[/]", highlight=False)
+
+
+def _evidence_text(evidence: Evidence) -> str:
+    said = f"{evidence.score:.3g} {evidence.measure.value}"
+    return said if evidence.precise_matches is None else f"{said}, {evidence.precise_matches} precise"
 
 
 @app.command()
@@ -215,6 +220,8 @@ def dupes(
             out.print(f"{image_id:>8}  {name}", highlight=False)
         for pair in group.pairs:
             distances = ", ".join(f"{engine} {d:.3g}" for engine, d in pair.scores.items())
+            if pair.precise_matches is not None:
+                distances += f", local {pair.precise_matches} precise matches"
             out.print(f"{'':>4}[dim]{pair.first} ~ {pair.second}: {pair.tier.value} ({distances})[/]", highlight=False)
     console.print(f"{len(groups)} groups, {tier.value} or closer")
 

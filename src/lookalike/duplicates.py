@@ -7,7 +7,8 @@ supports, as `fusion` defines them:
 
     exact           the same bytes (the stored digests)
     near_duplicate  hashes within phash's threshold (mirror images too)
-    copy            the calibrated evidence of phash, global and color says the same source photo
+    copy            the calibrated evidence of phash, global, color and the local engine's precise
+                    matches between the two says the same source photo
     similar         global features within the calibration's similar distance: another shot
 
 A group holds only images whose every pair is within the group's tier (complete linkage), so a chain
@@ -22,6 +23,7 @@ import numpy as np
 from .engines.phash import BLOCK
 from .errors import InvalidRequest
 from .fusion import Calibration, Verdict, shipped_calibration
+from .indexes import Matches
 from .indexes.hamming_pairs import hamming, pairs_within
 from .library import Library
 
@@ -39,6 +41,12 @@ class Pair:
     tier: Verdict
     scores: dict[str, float]  # each engine's distance between the two
     evidence: float  # summed log-odds of "same source photo"
+    precise_matches: int | None = None  # the local engine's, where it weighed in
+
+    def as_dict(self) -> dict:
+        found = {"images": [self.first, self.second], "tier": self.tier.value, "distances": self.scores}
+        found |= {"evidence": self.evidence}
+        return found if self.precise_matches is None else found | {"precise_matches": self.precise_matches}
 
 
 @dataclass(frozen=True)
@@ -53,10 +61,7 @@ class Group:
         return {
             "tier": self.tier.value,
             "images": [{"image_id": i, "file_name": n} for i, n in zip(self.image_ids, self.file_names)],
-            "pairs": [
-                {"images": [p.first, p.second], "tier": p.tier.value, "distances": p.scores, "evidence": p.evidence}
-                for p in self.pairs
-            ],
+            "pairs": [pair.as_dict() for pair in self.pairs],
         }
 
 
@@ -103,6 +108,7 @@ class _Features:
         self.ids, self.hashes = library.store.read_features("phash")
         self.row = {image_id: row for row, image_id in enumerate(self.ids.tolist())}
         self.embeddings = self.colors = None
+        self.local, self.store = library.engines.get("local"), library.store
         if "global" in library.engines:
             self.embeddings = self._aligned(library, "global")
             self.global_index = library.indexes["global"]
@@ -144,17 +150,29 @@ class _Features:
         if self.colors is not None:
             scores["color"] = float(np.abs(self.colors[a] - self.colors[b]).sum())
         evidence = sum(calibration.engines[e].evidence(s) for e, s in scores.items() if e in calibration.engines)
+        matches = None
+        if not exact and scores["phash"] > threshold and self.local is not None and "local" in calibration.engines:
+            matches = self._matches(first, second)
+            evidence += calibration.engines["local"].evidence(matches.precise)
         if exact:
             tier = Verdict.EXACT
         elif scores["phash"] <= threshold:
             tier = Verdict.NEAR_DUPLICATE
-        elif evidence >= calibration.pair_copy_at:
+        elif calibration.says_copy(evidence, calibration.pair_copy_at, [] if matches is None else [matches]):
             tier = Verdict.COPY
         elif scores.get("global", np.inf) <= calibration.similar_within.get("global", -1.0):
             tier = Verdict.SIMILAR
         else:
             tier = Verdict.NONE
-        return Pair(first, second, tier, {e: round(s, 4) for e, s in scores.items()}, round(float(evidence), 3))
+        distances = {e: round(s, 4) for e, s in scores.items()}
+        precise = None if matches is None else matches.precise
+        return Pair(first, second, tier, distances, round(float(evidence), 3), precise)
+
+    def _matches(self, first: int, second: int) -> Matches:
+        """The local engine's verified matches between two stored images: precise for a crop or a copy
+        of the same photo, mostly not for another shot of the same scene."""
+        keypoints = [self.store.feature(self.local.name, image_id) for image_id in (first, second)]
+        return Matches(0, 0) if None in keypoints else self.local.verify(*keypoints)
 
 
 def _all_pairs(members: list[int]):

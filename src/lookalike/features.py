@@ -9,7 +9,7 @@ import json
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -107,6 +107,15 @@ class Keypoints:
         xy = np.frombuffer(buffer, np.float32, 2 * n, _COUNT.size).reshape(n, 2)
         descriptors = np.frombuffer(buffer, np.uint8, n * dim, _COUNT.size + xy.nbytes).reshape(n, dim)
         return cls(xy.copy(), descriptors.copy())
+
+
+class Matches(NamedTuple):
+    """A points engine's check of a query against one candidate (better: more matches, then precise)."""
+
+    count: int  # matches one homography explains; 0 below the engine's minimum
+    # Of them, those one similarity transform places within a pixel: a copy (crop, turn, scale,
+    # border) keeps nearly all, another shot of the same scene (parallax, perspective) few.
+    precise: int
 
 
 @dataclass(frozen=True)

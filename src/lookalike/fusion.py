@@ -1,6 +1,6 @@
 """One ranked list from every engine's answer to an image, and a verdict on each hit.
 
-Each engine's score (a distance, a number of verified matches, a text relevance) is turned into
+Each engine's score (a distance, a number of verified matches or of precise ones, a text relevance) is turned into
 evidence that the hit is the same source photo as the query: the log of a likelihood ratio, read from
 a monotone calibration measured on the copy-detection benchmark (bench/copy_fusion.py) and shipped
 in `calibration.json`. An engine that did not list an image gives the evidence of not listing it,
@@ -13,15 +13,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from .indexes import Hit, Measure
+from .indexes import Hit, Matches, Measure
 
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 PER_ENGINE = 200  # each engine's list, as long as the original gateway's; the calibration assumes it
-PAIR_ENGINES = ("phash", "global", "color")  # what two stored images are compared on, feature to feature
+PAIR_ENGINES = ("phash", "global", "color", "local")  # what two stored images are compared on, feature to feature
 
 
 class Verdict(StrEnum):
@@ -44,10 +45,16 @@ class EngineCalibration:
     # How much of its log ratio counts: engines that see the same thing (phash and color both see a
     # re-encode) are not independent, so each one's share is learned rather than assumed to be 1.
     weight: float = 1.0
+    # Which of a hit's numbers `scores` are in: its score, or a points engine's precise matches (a
+    # copy's matches are precise, another shot's of the same scene mostly are not).
+    on: Literal["score", "precise_matches"] = "score"
 
     def evidence(self, score: float | None) -> float:
         ratio = self.absent if score is None else float(np.interp(score, self.scores, self.log_ratios))
         return self.weight * ratio
+
+    def evidence_of(self, hit: Hit) -> float:
+        return self.evidence(getattr(hit, self.on))
 
 
 @dataclass(frozen=True)
@@ -58,27 +65,36 @@ class Calibration:
     similar_within: dict[str, float] = field(default_factory=dict)
     # copy_at for two stored images judged on PAIR_ENGINES alone (duplicate groups of the library).
     pair_copy_at: float = float("inf")
+    # What a points engine's precise matches say on their own (`Matches`): at least this many, a copy
+    # whatever the other engines say; a share of its matches under this, another shot of the same
+    # scene (a burst, the next frame), which is never a copy however alike it looks to the others.
+    precise_copy_at: float = float("inf")
+    precise_share: float = 0.0
     made_by: str = ""
+
+    def weighing(self, engines: list[str]) -> list[str]:
+        """Those of `engines` whose evidence counts: the others can change no fused score."""
+        return [engine for engine in engines if engine in self.engines and self.engines[engine].weight > 0]
 
     @classmethod
     def from_json(cls, data: dict) -> "Calibration":
         if data.get("version") != CALIBRATION_VERSION:
             raise ValueError(f"calibration version {data.get('version')}, expected {CALIBRATION_VERSION}")
         engines = {name: EngineCalibration(**fit) for name, fit in data["engines"].items()}
-        return cls(
-            engines, data["copy_at"], data.get("similar_within", {}), data["pair_copy_at"], data.get("made_by", "")
-        )
+        settings = {key: value for key, value in data.items() if key not in ("version", "engines")}
+        return cls(engines, **settings)
 
     def to_json(self) -> dict:
+        settings = {key: value for key, value in vars(self).items() if key != "engines"}
         engines = {name: vars(fit) for name, fit in self.engines.items()}
-        return {
-            "version": CALIBRATION_VERSION,
-            "made_by": self.made_by,
-            "copy_at": self.copy_at,
-            "pair_copy_at": self.pair_copy_at,
-            "similar_within": self.similar_within,
-            "engines": engines,
-        }
+        return {"version": CALIBRATION_VERSION, **settings, "engines": engines}
+
+    def says_copy(self, evidence: float, copy_at: float, verified: list[Matches]) -> bool:
+        """Whether summed `evidence` (against `copy_at`) and what the points engines `verified` make a copy."""
+        if any(matches.precise >= self.precise_copy_at for matches in verified):
+            return True
+        another_shot = any(matches.precise < self.precise_share * matches.count for matches in verified)
+        return evidence >= copy_at and not another_shot
 
 
 @cache
@@ -94,9 +110,11 @@ class Evidence:
     score: float
     measure: Measure
     weight: float  # what it adds to the fused score: the engine's weighted log likelihood ratio
+    precise_matches: int | None = None
 
     def as_dict(self) -> dict:
-        return {"rank": self.rank, self.measure.value: self.score, "weight": round(self.weight, 4)}
+        found = {"rank": self.rank, self.measure.value: self.score, "weight": round(self.weight, 4)}
+        return found if self.precise_matches is None else found | {"precise_matches": self.precise_matches}
 
 
 @dataclass(frozen=True)
@@ -135,8 +153,9 @@ def fuse(
     for engine, hits in found.items():
         fit = calibration.engines.get(engine)
         for rank, hit in enumerate(hits, 1):
-            weight = fit.evidence(hit.score) if fit else 0.0
-            listed.setdefault(hit.image_id, {})[engine] = Evidence(rank, hit.score, hit.measure, weight)
+            weight = fit.evidence_of(hit) if fit else 0.0
+            evidence = Evidence(rank, hit.score, hit.measure, weight, hit.precise_matches)
+            listed.setdefault(hit.image_id, {})[engine] = evidence
             names.setdefault(hit.image_id, hit.file_name)
     fused = []
     for image_id in listed.keys() | exact:
@@ -156,7 +175,8 @@ def _verdict(
         return Verdict.EXACT
     if any(e in evidence and evidence[e].score <= limit for e, limit in near.items()):
         return Verdict.NEAR_DUPLICATE
-    if score >= calibration.copy_at:
+    verified = [Matches(int(e.score), e.precise_matches) for e in evidence.values() if e.precise_matches is not None]
+    if calibration.says_copy(score, calibration.copy_at, verified):
         return Verdict.COPY
     if any(_passes(evidence[e], limit) for e, limit in calibration.similar_within.items() if e in evidence):
         return Verdict.SIMILAR

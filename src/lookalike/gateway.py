@@ -21,12 +21,20 @@ class ReverseSearch:
 
 
 def reverse_search(
-    library: Library, data: bytes, k: int | None = None, calibration: Calibration | None = None
+    library: Library,
+    data: bytes,
+    k: int | None = None,
+    calibration: Calibration | None = None,
+    every_engine: bool = False,
 ) -> ReverseSearch:
-    found = library.search_all(data, PER_ENGINE)
+    """The fused answer; with `every_engine`, `found` also holds the lists of engines whose evidence
+    weighs nothing (the original gateway's answer has every engine's list), else those are not asked."""
+    calibration = calibration or shipped_calibration()
+    weighed = calibration.weighing(list(library.engines))
+    found = library.search_all(data, PER_ENGINE, None if every_engine or not weighed else weighed)
     exact = frozenset(library.store.ids_with_digest(hashlib.sha256(data).digest()))
     near = {"phash": library.engines["phash"].duplicate_threshold} if "phash" in library.engines else {}
-    hits = fuse(found, calibration or shipped_calibration(), exact, near)[:k]
+    hits = fuse(found, calibration, exact, near)[:k]
     unnamed = [hit.image_id for hit in hits if not hit.evidence]  # exact copies no engine listed
     names = dict(zip(unnamed, library.store.names_for(unnamed)))
     hits = [replace(hit, file_name=names[hit.image_id] or "") if hit.image_id in names else hit for hit in hits]

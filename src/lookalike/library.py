@@ -210,16 +210,18 @@ class Library:
         query = searcher.embed_text(text)
         return self._search(engine, [self._expanded(engine, query, expansion) if expansion else query], k, threshold)
 
-    def search_all(self, data: bytes, k: int | None = None) -> dict[str, list[Hit]]:
-        """Each engine's `k` best for one uploaded image, decoded once, the engines side by side."""
-        images = self.decode(data, list(self.engines))
+    def search_all(self, data: bytes, k: int | None = None, engines: list[str] | None = None) -> dict[str, list[Hit]]:
+        """Each engine's (or each of `engines`') `k` best for one uploaded image, decoded once, the
+        engines side by side."""
+        engines = self._engine_names(engines)
+        images = self.decode(data, engines)
 
         def search(name: str) -> list[Hit]:
             with self._extracting:
                 variants = self.engines[name].query_variants(images[name])
             return self._search(name, variants, k, None)
 
-        return dict(zip(self.engines, self._searching.map(search, self.engines)))
+        return dict(zip(engines, self._searching.map(search, engines)))
 
     def search_all_text(self, text: str, k: int | None = None) -> dict[str, list[Hit]]:
         """Each text engine's answer to `text`, of those that take it (tags take only tag names)."""

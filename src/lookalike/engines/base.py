@@ -8,7 +8,7 @@ from typing import ClassVar, Self
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from ..features import FeatureSpec
+from ..features import FeatureSpec, Matches
 from ..models import DEFAULT_MODELS_DIR
 
 
@@ -69,11 +69,11 @@ class Engine(ABC):
         """
         return [self.extract(image)]
 
-    def verify(self, query, stored) -> int:
-        """Points engines: how many matches between two features one geometry explains (0: none)."""
+    def verify(self, query, stored) -> Matches:
+        """Points engines: the matches between two features one geometry explains (0: none)."""
         raise NotImplementedError(f"the {self.name} engine does not verify matches")
 
-    def verify_all(self, query, candidates: list) -> list[int]:
+    def verify_all(self, query, candidates: list) -> list[Matches]:
         """Points engines: `verify` of the query against each candidate its index's votes found, judged
         together (a match many candidates share may count for none of them)."""
         return [self.verify(query, stored) for stored in candidates]

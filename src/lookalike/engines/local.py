@@ -2,7 +2,11 @@
 
 An image becomes about 200 keypoints (DoG detector) with descriptors. The point index votes for
 images that share descriptors with the query; `verify` then re-matches each candidate exactly and
-counts the matches a homography explains (MAGSAC++), which is the score.
+counts the matches a homography explains (MAGSAC++), which is the score, and of them those that one
+similarity transform (a crop, turn, scale or border) puts within a pixel of their match: a copy's
+keypoints are found again on the same pixels, so almost all of them are precise, while another shot
+of the same scene (a burst, the next video frame, a chessboard seen from elsewhere) fits a
+homography only loosely, through parallax and perspective, and keeps few.
 """
 
 import cv2
@@ -10,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from pydantic import Field
 
-from ..features import FeatureSpec, Keypoints
+from ..features import FeatureSpec, Keypoints, Matches
 from .base import Engine, EngineOptions
 from .describers import DescriberName, create_describer
 
@@ -27,6 +31,9 @@ CONTRAST_THRESHOLD = 0.02
 RATIO = 0.85  # Lowe's ratio test, on the nearest and second-nearest stored descriptor
 MAGSAC_THRESHOLD = 6.0  # pixels, in the working frame
 MIN_MATCHES = 8  # fewer inliers than this are what a homography fits to chance
+# Pixels, in the coarser of the two frames, within which a copy's matches land under one similarity
+# transform: 98% of copies' homography inliers do, 22% of other shots' (docs/benchmarks.md).
+PRECISE = 1.0
 # A query keypoint verified in this many candidates is on a pattern many photos share (a watermark, a
 # stamp, a logo), and so is every keypoint in the box around such keypoints (widened by this fraction
 # of the frame): matches there say nothing of which photo the query shows.
@@ -59,37 +66,59 @@ class LocalFeatures(Engine):
         """The image's keypoints, and with `mirrored` those of its mirror image: found afresh, not flipped."""
         return [self.extract(image)] + ([self.extract(ImageOps.mirror(image))] if mirrored else [])
 
-    def verify(self, query: Keypoints, stored: Keypoints) -> int:
-        """Matches between the two that one homography explains; 0 below MIN_MATCHES."""
-        return len(self._inliers(query, stored))
+    def verify(self, query: Keypoints, stored: Keypoints) -> Matches:
+        """Matches between the two that one homography explains (0 below MIN_MATCHES), and how many of
+        them are precise."""
+        inliers, precise = self._inliers(query, stored)
+        return Matches(len(inliers), int(precise.sum()))
 
-    def verify_all(self, query: Keypoints, candidates: list[Keypoints]) -> list[int]:
+    def verify_all(self, query: Keypoints, candidates: list[Keypoints]) -> list[Matches]:
         """Each candidate's matches off the pattern that SHARED_IN_IMAGES candidates show, so a stamp on
         hundreds of photos does not verify each as a copy; all its matches where nothing else matches
         anywhere (the query is the logo itself)."""
-        inliers = [self._inliers(query, stored) for stored in candidates]
-        rows, images = np.unique(np.concatenate([np.empty(0, np.int64), *inliers]), return_counts=True)
+        verified = [self._inliers(query, stored) for stored in candidates]
+        everything = [Matches(len(rows), int(precise.sum())) for rows, precise in verified]
+        rows, images = np.unique(np.concatenate([np.empty(0, np.int64), *(r for r, _ in verified)]), return_counts=True)
         shared = rows[images >= SHARED_IN_IMAGES]
         if not len(shared):
-            return [len(found) for found in inliers]
+            return everything
         margin = SHARED_MARGIN * query.xy.max()
         low, high = query.xy[shared].min(axis=0) - margin, query.xy[shared].max(axis=0) + margin
         on_pattern = np.all((query.xy >= low) & (query.xy <= high), axis=1)
-        off = [int((~on_pattern[found]).sum()) for found in inliers]
-        if not any(count >= MIN_MATCHES for count in off):
-            return [len(found) for found in inliers]
-        return [count if count >= MIN_MATCHES else 0 for count in off]
+        off = [Matches(int((~on_pattern[r]).sum()), int((precise & ~on_pattern[r]).sum())) for r, precise in verified]
+        if not any(matches.count >= MIN_MATCHES for matches in off):
+            return everything
+        return [matches if matches.count >= MIN_MATCHES else Matches(0, 0) for matches in off]
 
-    def _inliers(self, query: Keypoints, stored: Keypoints) -> np.ndarray:
-        """The query's keypoint rows whose matches one homography explains; none below MIN_MATCHES."""
+    def _inliers(self, query: Keypoints, stored: Keypoints) -> tuple[np.ndarray, np.ndarray]:
+        """The query's keypoint rows whose matches one homography explains (none below MIN_MATCHES), and
+        which of them one similarity transform puts within PRECISE pixels."""
+        none = np.empty(0, np.int64), np.empty(0, bool)
         pairs = mutual_matches(query.descriptors, stored.descriptors)
         if len(pairs) < MIN_MATCHES:
-            return np.empty(0, np.int64)
-        _, inliers = cv2.findHomography(
-            query.xy[pairs[:, 0]], stored.xy[pairs[:, 1]], cv2.USAC_MAGSAC, MAGSAC_THRESHOLD, maxIters=2000
-        )
-        rows = pairs[:, 0][inliers.ravel().astype(bool)] if inliers is not None else np.empty(0, np.int64)
-        return rows if len(rows) >= MIN_MATCHES else np.empty(0, np.int64)
+            return none
+        query_xy, stored_xy = query.xy[pairs[:, 0]], stored.xy[pairs[:, 1]]
+        homography, inliers = cv2.findHomography(query_xy, stored_xy, cv2.USAC_MAGSAC, MAGSAC_THRESHOLD, maxIters=2000)
+        if homography is None or inliers.sum() < MIN_MATCHES:
+            return none
+        found = inliers.ravel().astype(bool)
+        tolerance = PRECISE * max(1.0, _scale(homography))
+        return pairs[found, 0], _within_similarity(query_xy[found], stored_xy[found], tolerance)
+
+
+def _scale(homography: np.ndarray) -> float:
+    """How many stored pixels one query pixel spans (at the origin): residuals in the stored frame
+    divided by it are in the query's."""
+    return float(np.sqrt(abs(np.linalg.det(homography[:2, :2] / homography[2, 2]))))
+
+
+def _within_similarity(query_xy: np.ndarray, stored_xy: np.ndarray, tolerance: float) -> np.ndarray:
+    """Which of the matches the least-median similarity transform between them maps within `tolerance`."""
+    similarity, _ = cv2.estimateAffinePartial2D(query_xy, stored_xy, method=cv2.LMEDS)
+    if similarity is None:
+        return np.zeros(len(query_xy), bool)
+    moved = query_xy @ similarity[:, :2].T + similarity[:, 2]
+    return np.linalg.norm(moved - stored_xy, axis=1) <= tolerance
 
 
 def working_frame(image: Image.Image) -> np.ndarray:

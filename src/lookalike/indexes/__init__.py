@@ -1,7 +1,7 @@
 """The registry of index kinds: each feature kind is indexed by one class that follows `Index`."""
 
 from ..features import FeatureSpec
-from .base import DEFAULT_NPROBE, FeatureSource, Hit, Index, IndexSetup, Marker, Measure, Training
+from .base import DEFAULT_NPROBE, FeatureSource, Hit, Index, IndexSetup, Marker, Matches, Measure, Training
 from .points import PointIndex
 from .text import TextIndex
 from .vectors import VectorIndex
@@ -28,6 +28,7 @@ __all__ = [
     "Index",
     "IndexSetup",
     "Marker",
+    "Matches",
     "Measure",
     "Training",
     "index_kind",

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Protocol, Self
 
 import numpy as np
 
-from ..features import FeatureSpec
+from ..features import FeatureSpec, Matches
 
 DEFAULT_NPROBE = 16  # inverted lists a trained index scans per query
 
@@ -42,10 +42,13 @@ class Hit:
     score: float
     measure: Measure
     file_name: str = ""
+    precise_matches: int | None = None  # points indexes: `Matches.precise` of the score's matches
 
     def as_dict(self) -> dict:
-        """{image_id, <measure>: score, file_name}: what the API and the CLI print."""
-        return {"image_id": self.image_id, self.measure.value: self.score, "file_name": self.file_name}
+        """{image_id, <measure>: score, file_name}, and precise_matches where counted: what the API and
+        the CLI print."""
+        found = {"image_id": self.image_id, self.measure.value: self.score, "file_name": self.file_name}
+        return found if self.precise_matches is None else found | {"precise_matches": self.precise_matches}
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class IndexSetup:
     files: Path | None  # the index's files: this path plus a suffix of the kind's; None: never saved
     nprobe: int = DEFAULT_NPROBE
     # A points engine's exact check of a query against candidates: for each, the matches one geometry explains.
-    verify: Callable[[Any, list], list[int]] | None = None
+    verify: Callable[[Any, list], list[Matches]] | None = None
     text_queries: bool = False  # the engine also searches this index with embedded texts
 
     @property

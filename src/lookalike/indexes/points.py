@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import InvalidRequest
 from ..features import Keypoints
 from ..locks import SharedExclusiveLock
-from .base import Hit, IndexSetup, Marker, Measure, Training
+from .base import Hit, IndexSetup, Marker, Matches, Measure, Training
 from .files import read_index_file, write_index_file
 from .point_ranges import PointRanges
 
@@ -93,13 +93,13 @@ class PointIndex:
         to_verify = [(variant, self._candidates(variant)) for variant in queries]
         ids, stored = self.setup.source.read(sorted({i for _, candidates in to_verify for i in candidates}))
         stored_by_id = dict(zip(ids.tolist(), stored))
-        best: dict[int, int] = {}
+        best: dict[int, Matches] = {}
         for variant, candidates in to_verify:
             present = [i for i in candidates if i in stored_by_id]  # not deleted since they were voted for
             for image_id, matches in zip(present, self.setup.verify(variant, [stored_by_id[i] for i in present])):
-                best[image_id] = max(best.get(image_id, 0), matches)
-        found = sorted((-m, i) for i, m in best.items() if m > 0 and m >= (threshold or 0))
-        return [Hit(image_id, -negative, Measure.MATCHES) for negative, image_id in found][:k]
+                best[image_id] = max(best.get(image_id, Matches(0, 0)), matches)
+        found = sorted((-m.count, i, m.precise) for i, m in best.items() if m.count > 0 and m.count >= (threshold or 0))
+        return [Hit(i, -negative, Measure.MATCHES, precise_matches=precise) for negative, i, precise in found][:k]
 
     def _candidates(self, query: Keypoints) -> list[int]:
         """The best-voted images for one query's descriptors, at least MIN_VOTES each."""

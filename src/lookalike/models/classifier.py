@@ -67,21 +67,27 @@ class ImageClassifier:
         self.spec = spec
         onnx_path = models_dir / f"{Path(spec.weights_file).stem}.onnx"
         self._session = open_session(exported(onnx_path, lambda path: _export(spec, path)))
-        # The engines of one library classify the same decoded image one after the other: the first
-        # runs the model, the others reuse its answer (keyed by the image objects themselves).
-        self._last: tuple[list[weakref.ref], Classified] | None = None
+        # The engines of one library classify the same decoded image, side by side or one after the
+        # other: the first runs the model, the others wait and reuse its rows (keyed by the image
+        # objects themselves), so one search runs the network once per image, not once per engine.
+        self._last: list[tuple[weakref.ref, np.ndarray, np.ndarray]] = []
         self._lock = threading.Lock()
 
     def classify(self, images: list[Image.Image]) -> Classified:
+        if not images:
+            return Classified(np.empty((0, self.spec.feature_dim), np.float32), np.empty((0, 1000), np.float32))
         with self._lock:
-            if self._last is not None and _same_objects(self._last[0], images):
-                return self._last[1]
-        batch = np.stack([self.preprocess(image) for image in images])
-        features, logits = self._session.run(None, {"image": batch})
-        found = Classified(unit_rows(features), softmax(logits))
-        with self._lock:
-            self._last = ([weakref.ref(image) for image in images], found)
-        return found
+            rows = [self._remembered(image) for image in images]
+            missing = [image for image, row in zip(images, rows) if row is None]
+            if missing:
+                features, logits = self._session.run(None, {"image": np.stack([self.preprocess(i) for i in missing])})
+                fresh = iter(zip(unit_rows(features), softmax(logits)))
+                rows = [row if row is not None else next(fresh) for row in rows]
+            self._last = [(weakref.ref(image), *row) for image, row in zip(images, rows)]
+        return Classified(np.stack([row[0] for row in rows]), np.stack([row[1] for row in rows]))
+
+    def _remembered(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray] | None:
+        return next(((features, probabilities) for ref, features, probabilities in self._last if ref() is image), None)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """CHW float32: the whole image scaled to fit the input square, centred on neutral padding.
@@ -123,10 +129,6 @@ def imagenet_class_texts() -> tuple[list[str], list[str]]:
     names = json.loads((files / "imagenet1k_clean_names.json").read_text())
     described = json.loads((files / "imagenet1k_gpt_names_descriptions.json").read_text())
     return names, [described.get(str(i), {}).get("description", name) for i, name in enumerate(names)]
-
-
-def _same_objects(references: list[weakref.ref], images: list[Image.Image]) -> bool:
-    return len(references) == len(images) and all(ref() is image for ref, image in zip(references, images))
 
 
 def _centred(size: tuple[int, int], side: int) -> tuple[int, int]:

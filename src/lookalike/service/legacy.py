@@ -125,6 +125,8 @@ def delete_from_every_engine(request: Request, body: DeleteRequest) -> Deleted:
 def reverse_search_everywhere(request: Request, image: routes.ImageFile) -> dict[str, list[HitOut] | FusedSearchOut]:
     """Each engine's best (up to 200), under the original services' names, and `fused`: one list of them
     by calibrated evidence, with verdicts (as POST /search)."""
-    found = reverse_search(routes.library_of(request), routes.read_upload(request, image), PER_ENGINE)
+    found = reverse_search(
+        routes.library_of(request), routes.read_upload(request, image), PER_ENGINE, every_engine=True
+    )
     lists = {SERVICE_NAMES.get(name, name): routes.hits_out(hits) for name, hits in found.found.items()}
     return lists | {"fused": routes.fused_out(found)}

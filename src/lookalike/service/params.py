@@ -146,6 +146,12 @@ class ImageOut(BaseModel):
     file_name: str
 
 
+PRECISE_MATCHES = (
+    "Local features: of the matches, those one similarity transform places within a pixel. A copy (crop, turn, "
+    "border) keeps nearly all of its matches precise; another shot of the same scene keeps few."
+)
+
+
 class HitOut(BaseModel):
     """A found image; its score is one of distance, matches and relevance, as its engine measures."""
 
@@ -153,6 +159,7 @@ class HitOut(BaseModel):
     distance: float | None = Field(None, description="Engines scored by distance: smaller is nearer.")
     matches: int | None = Field(None, description="Local features: keypoint matches one homography explains.")
     relevance: float | None = Field(None, description="Engines scored by relevance (text): larger is better.")
+    precise_matches: int | None = Field(None, description=PRECISE_MATCHES)
     file_name: str
 
 
@@ -163,6 +170,7 @@ class EvidenceOut(BaseModel):
     distance: float | None = None
     matches: int | None = None
     relevance: float | None = None
+    precise_matches: int | None = Field(None, description=PRECISE_MATCHES)
     weight: float = Field(description="The log likelihood ratio of 'same source photo' the score carries.")
 
 
@@ -184,6 +192,7 @@ class PairOut(BaseModel):
     tier: Verdict
     distances: dict[str, float] = Field(description="Each engine's distance between the two.")
     evidence: float = Field(description="Summed log-odds of 'same source photo'.")
+    precise_matches: int | None = Field(None, description=PRECISE_MATCHES)
 
 
 class GroupOut(BaseModel):
