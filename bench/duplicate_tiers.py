@@ -101,7 +101,7 @@ def quality() -> None:
                 right[pair.tier] += 1
             else:
                 wrong[pair.tier] += 1
-                wrong_examples[pair.tier].append((pair.first, pair.second, pair.scores))
+                wrong_examples[pair.tier].append((pair.first, pair.second, pair.scores, pair.precise_matches))
                 if a >= 0 and b >= 0 and series_of(names[a]) and series_of(names[a]) == series_of(names[b]):
                     series_tiers[pair.tier] += 1
     print(
@@ -122,8 +122,16 @@ def quality() -> None:
         f"\nMulti-view series: {frame_pairs} pairs of frames of one series (with copies: every pair of "
         f"images made from two frames): {dict(series_tiers)}; the rest are in no group."
     )
+    transforms = list(corpus.TRANSFORMS)
     for tier, examples in wrong_examples.items():
-        print(f"wrong {tier}: {examples[:5]}")
+        edits = Counter(
+            " & ".join(
+                sorted(transforms[(i - 100_000) % len(transforms)] if i >= 100_000 else "original" for i in pair[:2])
+            )
+            for pair in examples
+        )
+        print(f"wrong {tier}: {len(examples)} pairs, by the edits on either side: {edits.most_common(6)}")
+        print(f"  e.g. {examples[:3]}")
 
 
 def scaling() -> None:

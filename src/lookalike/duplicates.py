@@ -7,8 +7,8 @@ supports, as `fusion` defines them:
 
     exact           the same bytes (the stored digests)
     near_duplicate  hashes within phash's threshold (mirror images too)
-    copy            the calibrated evidence of phash, global, color and the local engine's precise
-                    matches between the two says the same source photo
+    copy            the calibrated evidence of phash, global and color says the same source photo,
+                    and the local engine does not see another shot (few precise matches)
     similar         global features within the calibration's similar distance: another shot
 
 A group holds only images whose every pair is within the group's tier (complete linkage), so a chain
@@ -41,7 +41,7 @@ class Pair:
     tier: Verdict
     scores: dict[str, float]  # each engine's distance between the two
     evidence: float  # summed log-odds of "same source photo"
-    precise_matches: int | None = None  # the local engine's, where it weighed in
+    precise_matches: int | None = None  # the local engine's, where it checked the pair
 
     def as_dict(self) -> dict:
         found = {"images": [self.first, self.second], "tier": self.tier.value, "distances": self.scores}
@@ -151,14 +151,22 @@ class _Features:
             scores["color"] = float(np.abs(self.colors[a] - self.colors[b]).sum())
         evidence = sum(calibration.engines[e].evidence(s) for e, s in scores.items() if e in calibration.engines)
         matches = None
-        if not exact and scores["phash"] > threshold and self.local is not None and "local" in calibration.engines:
+        # A pair the evidence calls a copy is checked by the local engine: another shot of the scene
+        # (a burst, the next frame) has few precise matches and is no copy (`Calibration.says_copy`).
+        # Its matches add no evidence here: photos that share an overlay (a phone's status bar on
+        # screenshots, a stamp) match precisely on it, which a query's candidates show and a pair cannot.
+        if (
+            not exact
+            and scores["phash"] > threshold
+            and self.local is not None
+            and evidence >= calibration.pair_copy_at
+        ):
             matches = self._matches(first, second)
-            evidence += calibration.engines["local"].evidence(matches.precise)
         if exact:
             tier = Verdict.EXACT
         elif scores["phash"] <= threshold:
             tier = Verdict.NEAR_DUPLICATE
-        elif calibration.says_copy(evidence, calibration.pair_copy_at, [] if matches is None else [matches]):
+        elif calibration.says_copy(evidence, calibration.pair_copy_at, [matches] if matches and matches.count else []):
             tier = Verdict.COPY
         elif scores.get("global", np.inf) <= calibration.similar_within.get("global", -1.0):
             tier = Verdict.SIMILAR

@@ -22,7 +22,7 @@ from .indexes import Hit, Matches, Measure
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 CALIBRATION_VERSION = 2
 PER_ENGINE = 200  # each engine's list, as long as the original gateway's; the calibration assumes it
-PAIR_ENGINES = ("phash", "global", "color", "local")  # what two stored images are compared on, feature to feature
+PAIR_ENGINES = ("phash", "global", "color")  # what two stored images are compared on, feature to feature
 
 
 class Verdict(StrEnum):
