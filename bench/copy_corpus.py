@@ -162,17 +162,20 @@ def _named_sources() -> list[tuple[str, Image.Image]]:
 
 def distractors_from(source: str) -> list[int]:
     """The distractors (by index) cut from the source photo named `source` (an OpenCV sample's stem):
-    `distractor`'s choices of sources, replayed."""
+    `distractor`'s first choice, replayed."""
     names = [name for name, _ in _named_sources()]
-    found = []
-    for index in range(DISTRACTORS):
-        rng = random.Random(common.SEED * 1000 + index)
-        chosen = (
-            [rng.randrange(len(names))] if rng.random() < 0.6 else rng.sample(range(len(names)), rng.choice((2, 4)))
-        )
-        if source in (names[i] for i in chosen):
-            found.append(index)
-    return found
+    return [
+        index
+        for index in range(DISTRACTORS)
+        if source in (names[i] for i in _chosen_sources(random.Random(common.SEED * 1000 + index), len(names)))
+    ]
+
+
+def _chosen_sources(rng: random.Random, count: int) -> list[int]:
+    """The sources (by index) a distractor is cut from: one (60%), or two or four for a mosaic."""
+    if rng.random() < 0.6:
+        return [rng.randrange(count)]
+    return rng.sample(range(count), rng.choice((2, 4)))
 
 
 def stamped(index: int) -> bool:
@@ -182,11 +185,8 @@ def stamped(index: int) -> bool:
 def distractor(index: int) -> bytes:
     rng = random.Random(common.SEED * 1000 + index)
     sources = distractor_sources()
-    if rng.random() < 0.6:
-        image = _cut(rng, rng.choice(sources))
-    else:
-        parts = [_cut(rng, source) for source in rng.sample(sources, rng.choice((2, 4)))]
-        image = _mosaic(parts)
+    parts = [_cut(rng, sources[i]) for i in _chosen_sources(rng, len(sources))]
+    image = parts[0] if len(parts) == 1 else _mosaic(parts)
     image = _fit(image, rng.randint(480, 1024), grow=True)
     return common.jpeg(stamp(image) if stamped(index) else image)
 

@@ -49,8 +49,17 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from lookalike.engines import decode_for
-from lookalike.fusion import PAIR_ENGINES, PER_ENGINE, Calibration, EngineCalibration, Verdict, fuse, reciprocal_rank
-from lookalike.indexes import Hit, Matches
+from lookalike.fusion import (
+    PAIR_ENGINES,
+    PER_ENGINE,
+    Calibration,
+    EngineCalibration,
+    Verdict,
+    fuse,
+    reciprocal_rank,
+    verified,
+)
+from lookalike.indexes import Hit
 from lookalike.library import Library
 from lookalike.store import ImageRecord
 
@@ -283,18 +292,10 @@ def _copy_at(absent: list[list], calibration: Calibration) -> float:
     copies, with the rules on precise matches as `calibration` has them."""
     scores = []
     for hits in absent:
-        verified = (
-            [
-                Matches(int(e.score), e.precise_matches)
-                for e in hits[0].evidence.values()
-                if e.precise_matches is not None
-            ]
-            if hits
-            else []
-        )
-        if hits and calibration.says_copy(-np.inf, 0.0, verified):
+        found = verified(hits[0].evidence) if hits else []
+        if hits and calibration.says_copy(-np.inf, 0.0, found):
             scores.append(np.inf)  # a copy by its precise matches alone, whatever the threshold
-        elif not hits or not calibration.says_copy(np.inf, 0.0, verified):
+        elif not hits or not calibration.says_copy(np.inf, 0.0, found):
             scores.append(-np.inf)  # nothing found, or another shot by its precise matches: never a copy
         else:
             scores.append(hits[0].score)

@@ -175,12 +175,16 @@ def _verdict(
         return Verdict.EXACT
     if any(e in evidence and evidence[e].score <= limit for e, limit in near.items()):
         return Verdict.NEAR_DUPLICATE
-    verified = [Matches(int(e.score), e.precise_matches) for e in evidence.values() if e.precise_matches is not None]
-    if calibration.says_copy(score, calibration.copy_at, verified):
+    if calibration.says_copy(score, calibration.copy_at, verified(evidence)):
         return Verdict.COPY
     if any(_passes(evidence[e], limit) for e, limit in calibration.similar_within.items() if e in evidence):
         return Verdict.SIMILAR
     return Verdict.NONE
+
+
+def verified(evidence: dict[str, Evidence]) -> list[Matches]:
+    """What the points engines among `evidence` verified, as `Calibration.says_copy` weighs it."""
+    return [Matches(int(e.score), e.precise_matches) for e in evidence.values() if e.precise_matches is not None]
 
 
 def _passes(evidence: Evidence, limit: float) -> bool:
