@@ -5,7 +5,7 @@ at most ORIGINAL_SIDE on the long side, stored as JPEG q90. Queries: every origi
 transform in TRANSFORMS, made from that stored JPEG and encoded as JPEG q90 (q30 for jpeg-q30).
 
 Distractors (seeded): their sources are the other real photos the packages ship (one of them, OpenCV's
-butterfly, turned out to be an original too: `copy_fusion.same_source` counts its cuts as copies of
+butterfly, turned out to be an original too: `copy_calibration.same_source` counts its cuts as copies of
 it): OpenCV's RGB samples (no drawings, logos or test patterns) and scikit-learn's two
 sample photos. 60% are one source photo cut (20-70% of its area, any place, any aspect between 1:2
 and 2:1), maybe mirrored, turned up to 15 degrees, colour-jittered; 40% are mosaics of two or four

@@ -16,14 +16,15 @@ from helpers import LOCAL_URL, error, ok, upload
 from photos import encode
 from photos import photos as load_photos
 from PIL import Image, ImageDraw, ImageFont, ImageOps
-from words_in_photos import fonts
+from words_in_photos import fonts, on_a_phone
 
 import lookalike.engines.local as local
 from lookalike.config import Settings
 from lookalike.duplicates import TIERS, Pair, _complete_linkage
 from lookalike.engines.local import MIN_MATCHES
-from lookalike.fusion import Verdict, shipped_calibration
-from lookalike.indexes import Matches
+from lookalike.fusion import Verdict, shipped_calibration, with_matches
+from lookalike.gateway import MIRROR_PRECISE_AT
+from lookalike.indexes import Hit, Matches, Measure
 from lookalike.library import Library
 from lookalike.service import create_app
 
@@ -147,6 +148,42 @@ def test_an_edited_copy_finds_its_original_with_its_verdict(service, edit):
         assert found["verdict"] == best["verdict"]
 
 
+# Edits that the engines miss until the gateway looks again: phash, color and global features see the
+# frame around a framed photo unless they search with the photo inside it too; the local engine's
+# index finds no mirrored crop until the gateway matches the mirror image with the leading hits.
+FRAMED = {
+    "on a phone's screen": lambda im: on_a_phone(im)[0],
+    "white border": lambda im: ImageOps.expand(im, (im.width // 8, im.height // 6), fill="white"),
+}
+
+
+def warmer(image: Image.Image) -> Image.Image:
+    r, g, b = image.split()
+    return Image.merge("RGB", (r.point(lambda v: min(255, int(v * 1.15 + 10))), g, b.point(lambda v: int(v * 0.8))))
+
+
+@pytest.mark.parametrize("edit", FRAMED)
+def test_a_framed_copy_is_found_by_the_photo_in_its_frame(service, edit):
+    for image_id, name in enumerate(STORED[:5]):
+        found = ok(upload(service, "/search", edited(name, FRAMED[edit]), k=3))
+        best = found["hits"][0]
+        assert best["image_id"] == image_id and best["verdict"] in STRONG, (name, found)
+
+
+def test_a_mirrored_crop_is_matched_by_its_mirror_image(service):
+    copies = 0
+    for image_id, name in enumerate(STORED[:5]):
+        query = edited(name, lambda im: warmer(ImageOps.mirror(crop(im, 0.75))))
+        assert not ok(upload(service, "/engines/local/search", query, k=3))  # the index alone finds nothing
+        best = ok(upload(service, "/search", query, k=3))["hits"][0]
+        assert best["image_id"] == image_id, (name, best)
+        assert best["evidence"]["local"]["precise_matches"] >= MIRROR_PRECISE_AT, (name, best)
+        copies += best["verdict"] in STRONG
+    # Those with fewer precise matches than a copy needs on their own stay `similar` unless the other
+    # engines' evidence is strong: 78% of such copies are called copies (docs/benchmarks.md).
+    assert copies >= 3
+
+
 def test_a_photo_not_in_the_library_is_no_copy(service):
     for name in ABSENT:
         for query in (jpeg(name), edited(name, lambda im: crop(im, 0.8))):
@@ -202,6 +239,20 @@ def test_precise_matches_make_a_copy_and_another_shot_is_never_one():
     assert calibration.says_copy(0.0, 20.0, [Matches(45, 44)])  # its pixels: a copy whatever else says
     assert calibration.says_copy(25.0, 20.0, [Matches(30, 29)])
     assert not calibration.says_copy(99.0, 20.0, [Matches(39, 20)])  # another shot of the scene
+
+
+def test_matches_found_later_join_a_points_list_where_they_beat_it():
+    listed = {
+        "local": [Hit(7, 40, Measure.MATCHES, "seven", 12), Hit(8, 9, Measure.MATCHES, "eight", 9)],
+        "global": [Hit(9, 0.1, Measure.DISTANCE, "nine")],
+    }
+    found = with_matches(listed, "local", {9: Matches(30, 29), 7: Matches(20, 19), 8: Matches(12, 11)})
+    assert [(h.image_id, h.score, h.precise_matches, h.file_name) for h in found["local"]] == [
+        (7, 40, 12, "seven"),  # more matches listed already: kept
+        (9, 30, 29, "nine"),  # new: named as the other engines named it
+        (8, 12, 11, "eight"),
+    ]
+    assert found["global"] == listed["global"] and len(listed["local"]) == 2  # the given lists are untouched
 
 
 def test_groups_never_chain_photos_that_are_not_alike():

@@ -85,3 +85,17 @@ def _font_of_height(path: Path, text: str, height: int) -> ImageFont.FreeTypeFon
             break
         size = max(1, round(size * height / ink))
     return ImageFont.truetype(str(path), size)
+
+
+def on_a_phone(photo: Image.Image) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """A screenshot of the photo: full width on a dark 1080x2340 screen between a status bar and a tool
+    bar; and where the photo is in it (left, top, right, bottom)."""
+    screen = Image.new("RGB", (1080, 2340), (16, 16, 16))
+    shown = photo.resize((1080, round(photo.height * 1080 / photo.width)), Image.Resampling.BICUBIC)
+    top = (2340 - shown.height) // 2
+    screen.paste(shown, (0, top))
+    draw = ImageDraw.Draw(screen)
+    font = ImageFont.truetype(str(next(f for f in fonts() if "DejaVuSans-Bold" in f.name)), 40)
+    draw.text((40, 30), "9:41", font=font, fill="white")
+    draw.text((40, 2240), "Share    Edit    Delete", font=font, fill="white")
+    return screen, (0, top, 1080, top + shown.height)

@@ -93,8 +93,11 @@ class Calibration:
         """Whether summed `evidence` (against `copy_at`) and what the points engines `verified` make a copy."""
         if any(matches.precise >= self.precise_copy_at for matches in verified):
             return True
-        another_shot = any(matches.precise < self.precise_share * matches.count for matches in verified)
-        return evidence >= copy_at and not another_shot
+        return evidence >= copy_at and not any(self.another_shot(matches) for matches in verified)
+
+    def another_shot(self, matches: Matches) -> bool:
+        """Whether a points engine's matches are too few precise for a copy's: the same scene, shot again."""
+        return matches.precise < self.precise_share * matches.count
 
 
 @cache
@@ -166,6 +169,18 @@ def fuse(
         verdict = _verdict(image_id in exact, score, evidence, calibration, near_duplicate or {})
         fused.append(FusedHit(image_id, names.get(image_id, ""), round(score, 4), verdict, evidence))
     return sorted(fused, key=lambda hit: (hit.verdict is not Verdict.EXACT, -hit.score, hit.image_id))
+
+
+def with_matches(found: dict[str, list[Hit]], engine: str, matches: dict[int, Matches]) -> dict[str, list[Hit]]:
+    """`found` with a points engine's list holding `matches` too, where they beat what it listed."""
+    listed = {hit.image_id: hit for hit in found.get(engine, [])}
+    names = {hit.image_id: hit.file_name for hits in found.values() for hit in hits}
+    for image_id, more in matches.items():
+        had = listed.get(image_id)
+        if had is None or more > Matches(int(had.score), had.precise_matches or 0):
+            listed[image_id] = Hit(image_id, more.count, Measure.MATCHES, names.get(image_id, ""), more.precise)
+    ranked = sorted(listed.values(), key=lambda hit: (-hit.score, hit.image_id))
+    return found | {engine: ranked}
 
 
 def _verdict(

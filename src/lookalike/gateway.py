@@ -2,15 +2,24 @@
 
 Every engine answers on one decode, side by side (`Library.search_all`), each with its own list as
 long as the original gateway's; `fusion.fuse` merges them by calibrated evidence, and the stored
-content digests find the same bytes.
+content digests find the same bytes. Where the best hit looks like the query but nothing verifies it
+as a copy, the local engine matches the query's mirror image with the first few hits (its index
+searches with the image as it is: a mirrored crop has no matches there), and they are fused again.
 """
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from .fusion import PER_ENGINE, Calibration, FusedHit, Verdict, fuse, shipped_calibration
-from .indexes import Hit
+from .fusion import PER_ENGINE, Calibration, FusedHit, Verdict, fuse, shipped_calibration, with_matches
+from .indexes import Hit, Matches
 from .library import Library
+
+MIRRORED = "local"  # the engine that matches the query's mirror image with the leading hits
+LEADERS = 3  # how many of the leading hits: each costs one exact matching, the mirror image one extraction
+# Fewer precise matches than this with a mirror image say nothing: a chessboard's mirrored lattice fits
+# another shot's this well by chance (up to 17 in bench/copy_fusion.py), a mirrored copy's mostly far more.
+MIRROR_PRECISE_AT = 20
 
 
 @dataclass(frozen=True)
@@ -34,8 +43,33 @@ def reverse_search(
     found = library.search_all(data, PER_ENGINE, None if every_engine or not weighed else weighed)
     exact = frozenset(library.store.ids_with_digest(hashlib.sha256(data).digest()))
     near = {"phash": library.engines["phash"].duplicate_threshold} if "phash" in library.engines else {}
-    hits = fuse(found, calibration, exact, near)[:k]
+    hits = fuse(found, calibration, exact, near)
+    looked_again = mirror_look(
+        found, hits, calibration, lambda leaders: library.mirror_matches(MIRRORED, data, leaders)
+    )
+    if looked_again:
+        found = looked_again
+        hits = fuse(found, calibration, exact, near)
+    hits = hits[:k]
     unnamed = [hit.image_id for hit in hits if not hit.evidence]  # exact copies no engine listed
     names = dict(zip(unnamed, library.store.names_for(unnamed)))
     hits = [replace(hit, file_name=names[hit.image_id] or "") if hit.image_id in names else hit for hit in hits]
     return ReverseSearch(hits[0].verdict if hits else Verdict.NONE, hits, found)
+
+
+def mirror_look(
+    found: dict[str, list[Hit]],
+    hits: list[FusedHit],
+    calibration: Calibration,
+    mirror_matches: Callable[[list[int]], dict[int, Matches]],
+) -> dict[str, list[Hit]] | None:
+    """`found` with the MIRRORED engine's matches of the query's mirror image with the LEADERS
+    (`mirror_matches` of their ids), where the best hit is similar but not verified as a copy; None
+    where that is not worth the time. Only a mirrored copy's matches count, many and precise: a
+    symmetric scene (a chessboard) matches another shot's mirror image too, and would add evidence for
+    the wrong photo."""
+    if MIRRORED not in found or not hits or hits[0].verdict is not Verdict.SIMILAR:
+        return None
+    matches = mirror_matches([hit.image_id for hit in hits[:LEADERS]])
+    copies = {i: m for i, m in matches.items() if m.precise >= MIRROR_PRECISE_AT and not calibration.another_shot(m)}
+    return with_matches(found, MIRRORED, copies)

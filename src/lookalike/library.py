@@ -16,12 +16,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .decode import DEFAULT_MAX_PIXELS, UNLIMITED, DecodeBudget
 from .engines import Engine, EngineOptions, TextSearchable, create_engine, decode_for, decode_for_engine
 from .errors import InvalidRequest, LookalikeError, NotFound
-from .indexes import DEFAULT_NPROBE, Hit, IndexSetup, Measure, Training
+from .indexes import DEFAULT_NPROBE, Hit, IndexSetup, Matches, Measure, Training
 from .indexes.manager import IndexManager
 from .store import MAX_FILE_NAME_BYTES, MAX_IMAGE_ID, FeatureStore, ImageRecord
 
@@ -222,6 +222,17 @@ class Library:
             return self._search(name, variants, k, None)
 
         return dict(zip(engines, self._searching.map(search, engines)))
+
+    def mirror_matches(self, engine: str, data: bytes, image_ids: list[int]) -> dict[int, Matches]:
+        """A points engine's matches between the mirror image of an uploaded one and each of the stored
+        `image_ids` (those with any): what its index, searching with the image as it is, cannot find."""
+        points = self.engines[self._engine_names([engine])[0]]
+        image = decode_for_engine(points, data, self.max_pixels, self.decode_budget)
+        with self._extracting:
+            variants = points.query_variants(ImageOps.mirror(image))
+        ids, stored = self.store.read_features(points.name, image_ids)
+        found = zip(ids.tolist(), points.verify_variants(variants, list(stored)))
+        return {image_id: matches for image_id, matches in found if matches.count}
 
     def search_all_text(self, text: str, k: int | None = None) -> dict[str, list[Hit]]:
         """Each text engine's answer to `text`, of those that take it (tags take only tag names)."""

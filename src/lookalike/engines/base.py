@@ -78,6 +78,13 @@ class Engine(ABC):
         together (a match many candidates share may count for none of them)."""
         return [self.verify(query, stored) for stored in candidates]
 
+    def verify_variants(self, variants: list, candidates: list) -> list[Matches]:
+        """Points engines: each candidate's best `verify_all` over the query's variants."""
+        best = [Matches(0, 0)] * len(candidates)
+        for variant in variants:
+            best = [max(old, new) for old, new in zip(best, self.verify_all(variant, candidates))]
+        return best
+
 
 class TextSearchable(ABC):
     """An engine that also answers a text query, with a feature in the same space as its images'."""

@@ -5,6 +5,7 @@ from PIL import Image
 
 from ..features import FeatureSpec
 from .base import Engine
+from .framing import and_framed_photo
 
 BINS = 8
 # JPEG's reduced-size decode averages pixels into in-between colours: at a 256-px shorter side that
@@ -28,6 +29,11 @@ class ColorHistogram(Engine):
         pixels = np.asarray(image, dtype=np.uint8).reshape(-1, 3) >> 5  # 256 levels -> 8 bins
         bins = (pixels[:, 0].astype(np.int32) << 6) | (pixels[:, 1].astype(np.int32) << 3) | pixels[:, 2]
         return (np.bincount(bins, minlength=BINS**3) / len(bins)).astype(np.float32)
+
+    def query_variants(self, image: Image.Image, mirrored: bool = False) -> list[np.ndarray]:
+        """The histogram, and the framed photo's where a frame surrounds one (a screen's black is no
+        colour of the photo's)."""
+        return [self.extract(variant) for variant in and_framed_photo(image)]
 
 
 def _shorter_side_to(side: int, size: tuple[int, int]) -> tuple[int, int]:

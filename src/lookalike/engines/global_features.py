@@ -14,6 +14,7 @@ from pydantic import Field
 from ..features import FeatureSpec
 from ..models.classifier import CLASSIFIERS, ClassifierName, ImageClassifier, image_classifier
 from .base import Engine, EngineOptions
+from .framing import framed_photo
 
 
 class GlobalOptions(EngineOptions):
@@ -48,6 +49,8 @@ class GlobalFeatures(Engine):
 
     def query_variants(self, image: Image.Image, mirrored: bool = False) -> list[np.ndarray]:
         """The image, and turned by 90 degrees either way: photos often lose their rotation flag, and
-        the network, trained on upright photos, sees a turned one as another picture."""
+        the network, trained on upright photos, sees a turned one as another picture; and the framed
+        photo, where a frame (a border, a phone's screen) surrounds one."""
         turned = [image, image.transpose(Image.Transpose.ROTATE_90), image.transpose(Image.Transpose.ROTATE_270)]
-        return self.extract_many(turned)
+        framed = framed_photo(image)
+        return self.extract_many(turned + ([] if framed is None else [framed]))

@@ -17,6 +17,7 @@ from pydantic import Field
 from ..features import FeatureSpec, Keypoints, Matches
 from .base import Engine, EngineOptions
 from .describers import DescriberName, create_describer
+from .framing import framed_photo
 
 # Long side of the frame keypoints are found in. Larger finds smaller crops but costs time per image.
 WORKING_SIDE = 1024
@@ -57,7 +58,11 @@ class LocalFeatures(Engine):
         self._detector = cv2.SIFT_create(contrastThreshold=CONTRAST_THRESHOLD)
 
     def extract(self, image: Image.Image) -> Keypoints:
-        grey = working_frame(image)
+        """Keypoints of the photo, within its frame where one surrounds it (`framing`): a border has
+        none, and a phone's bars only those of their words, the same on every screenshot; and the
+        photo, small on a phone's screen, gets the working frame to itself."""
+        framed = framed_photo(image)
+        grey = working_frame(image if framed is None else framed)
         keypoints = spread(self._detector.detect(grey, None), grey.shape)
         descriptors = self.describer.describe(grey, keypoints)
         return Keypoints(np.array([kp.pt for kp in keypoints], np.float32).reshape(-1, 2), descriptors)

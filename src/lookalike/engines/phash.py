@@ -5,6 +5,7 @@ from PIL import Image
 
 from ..features import FeatureSpec
 from .base import Engine
+from .framing import framed_photo
 
 HASH_SIDE = 96
 BLOCK = 24
@@ -39,11 +40,16 @@ class PHash(Engine):
         return phash_bits(self._grey(image))
 
     def query_variants(self, image: Image.Image, mirrored: bool = True) -> list[np.ndarray]:
-        """The hash, its mirror image's and its quarter turns' (a phone's lost orientation): each costs one
-        more 72-byte hash, and a mirrored or turned copy is still a copy."""
+        """The hash, its mirror image's and its quarter turns' (a phone's lost orientation), and the
+        framed photo's and its mirror's where a frame surrounds one: each costs one more 72-byte hash,
+        and a mirrored, turned or framed copy is still a copy."""
         grey = self._grey(image)
         turned = [np.rot90(grey, turns) for turns in (1, 2, 3)]
-        return [phash_bits(variant) for variant in (grey, grey[:, ::-1], *turned)]
+        framed = framed_photo(image)
+        inside = [] if framed is None else [self._grey(framed)]
+        return [
+            phash_bits(variant) for variant in (grey, grey[:, ::-1], *turned, *inside, *(g[:, ::-1] for g in inside))
+        ]
 
     @staticmethod
     def _grey(image: Image.Image) -> np.ndarray:
