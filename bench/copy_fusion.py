@@ -126,9 +126,7 @@ class MirrorLook:
     @cache
     def matches(self, query: int, leaders: tuple[int, ...]) -> dict[int, Matches]:
         self.asked += 1
-        ids, stored = self.library.store.read_features(MIRRORED, list(leaders))
-        found = zip(ids.tolist(), self.library.engines[MIRRORED].verify_variants(self.variants[query], list(stored)))
-        return {image_id: matches for image_id, matches in found if matches.count}
+        return self.library.verified_matches(MIRRORED, self.variants[query], list(leaders))
 
     def fused(self, query: int, found: dict[str, list[Hit]], calibration: Calibration, near: dict) -> list:
         """What `gateway.reverse_search` ranks, but the exact bytes (no query is a stored file)."""

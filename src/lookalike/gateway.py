@@ -40,12 +40,13 @@ def reverse_search(
     weighs nothing (the original gateway's answer has every engine's list), else those are not asked."""
     calibration = calibration or shipped_calibration()
     weighed = calibration.weighing(list(library.engines))
-    found = library.search_all(data, PER_ENGINE, None if every_engine or not weighed else weighed)
+    images = library.decode(data, list(library.engines) if every_engine or not weighed else weighed)
+    found = library.search_all(images, PER_ENGINE)
     exact = frozenset(library.store.ids_with_digest(hashlib.sha256(data).digest()))
     near = {"phash": library.engines["phash"].duplicate_threshold} if "phash" in library.engines else {}
     hits = fuse(found, calibration, exact, near)
     looked_again = mirror_look(
-        found, hits, calibration, lambda leaders: library.mirror_matches(MIRRORED, data, leaders)
+        found, hits, calibration, lambda leaders: library.mirror_matches(MIRRORED, images[MIRRORED], leaders)
     )
     if looked_again:
         found = looked_again

@@ -210,11 +210,10 @@ class Library:
         query = searcher.embed_text(text)
         return self._search(engine, [self._expanded(engine, query, expansion) if expansion else query], k, threshold)
 
-    def search_all(self, data: bytes, k: int | None = None, engines: list[str] | None = None) -> dict[str, list[Hit]]:
-        """Each engine's (or each of `engines`') `k` best for one uploaded image, decoded once, the
-        engines side by side."""
-        engines = self._engine_names(engines)
-        images = self.decode(data, engines)
+    def search_all(self, images: dict[str, Image.Image], k: int | None = None) -> dict[str, list[Hit]]:
+        """Each engine's `k` best for one uploaded image, as `decode` gave it to each, the engines side
+        by side."""
+        engines = self._engine_names(list(images))
 
         def search(name: str) -> list[Hit]:
             with self._extracting:
@@ -223,13 +222,18 @@ class Library:
 
         return dict(zip(engines, self._searching.map(search, engines)))
 
-    def mirror_matches(self, engine: str, data: bytes, image_ids: list[int]) -> dict[int, Matches]:
-        """A points engine's matches between the mirror image of an uploaded one and each of the stored
-        `image_ids` (those with any): what its index, searching with the image as it is, cannot find."""
-        points = self.engines[self._engine_names([engine])[0]]
-        image = decode_for_engine(points, data, self.max_pixels, self.decode_budget)
+    def mirror_matches(self, engine: str, image: Image.Image, image_ids: list[int]) -> dict[int, Matches]:
+        """A points engine's matches between the mirror image of an uploaded one (as `decode` gave it
+        to the engine) and each of the stored `image_ids`: what its index, searching with the image as
+        it is, cannot find."""
         with self._extracting:
-            variants = points.query_variants(ImageOps.mirror(image))
+            variants = self.engine(engine).query_variants(ImageOps.mirror(image))
+        return self.verified_matches(engine, variants, image_ids)
+
+    def verified_matches(self, engine: str, variants: list, image_ids: list[int]) -> dict[int, Matches]:
+        """A points engine's best matches of any of a query's `variants` with each of the stored
+        `image_ids` (those with any)."""
+        points = self.engine(engine)
         ids, stored = self.store.read_features(points.name, image_ids)
         found = zip(ids.tolist(), points.verify_variants(variants, list(stored)))
         return {image_id: matches for image_id, matches in found if matches.count}

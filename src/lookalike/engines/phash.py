@@ -45,11 +45,12 @@ class PHash(Engine):
         and a mirrored, turned or framed copy is still a copy."""
         grey = self._grey(image)
         turned = [np.rot90(grey, turns) for turns in (1, 2, 3)]
+        variants = [grey, grey[:, ::-1], *turned]
         framed = framed_photo(image)
-        inside = [] if framed is None else [self._grey(framed)]
-        return [
-            phash_bits(variant) for variant in (grey, grey[:, ::-1], *turned, *inside, *(g[:, ::-1] for g in inside))
-        ]
+        if framed is not None:
+            inside = self._grey(framed)
+            variants += [inside, inside[:, ::-1]]
+        return [phash_bits(variant) for variant in variants]
 
     @staticmethod
     def _grey(image: Image.Image) -> np.ndarray:
