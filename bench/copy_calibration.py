@@ -34,11 +34,14 @@ SAME_SOURCE = ("mvtb/mosaic/aerial",)  # originals cut from one photo, by name
 SAME_AS_SOURCE = {"mvtb/butterfly.jpg": "butterfly"}  # originals that are a distractor source photo
 
 
-def without(found: dict[str, list[Hit]], original: int) -> dict[str, list[Hit]]:
+def without(found: dict[str, list[Hit]], original: int, searched_without: dict | None = None) -> dict[str, list[Hit]]:
     """The lists as a library without the original would give them: without it, and without the other
-    originals cut from the same photo (`same_source`)."""
+    originals cut from the same photo (`same_source`). `searched_without`: lists searched without them
+    (the local engine's: its candidates, and what it sets aside as a shared pattern, change), in
+    place of those in `found`."""
     gone = same_source(original)
-    return {name: [hit for hit in hits if hit.image_id not in gone] for name, hits in found.items()}
+    lists = found | (searched_without or {})
+    return {name: [hit for hit in hits if hit.image_id not in gone] for name, hits in lists.items()}
 
 
 @cache
@@ -136,10 +139,17 @@ def fit_weights(
 
 
 def fit(
-    found: list[dict], truths: list[int], stored: int, near: dict, on: dict[str, str], bounded: bool = True
+    found: list[dict],
+    truths: list[int],
+    absent: list[dict],
+    stored: int,
+    near: dict,
+    on: dict[str, str],
+    bounded: bool = True,
 ) -> Calibration:
-    """`on`: the engines calibrated on another number of their hits than the score (`EngineCalibration.on`);
-    `bounded`: weights within [0, 1] (`fit_weights`)."""
+    """`absent`: each query's lists without its original (`without`); `on`: the engines calibrated on
+    another number of their hits than the score (`EngineCalibration.on`); `bounded`: weights within
+    [0, 1] (`fit_weights`)."""
     engines = {name: fit_engine([f[name] for f in found], truths, stored, on.get(name, "score")) for name in found[0]}
     weights = fit_weights(found, truths, engines, bounded)
     engines = {name: replace(fit, weight=round(float(w), 4)) for (name, fit), w in zip(engines.items(), weights)}
@@ -147,15 +157,13 @@ def fit(
     if "local" in on:  # the rules on the precise matches alone (Calibration.says_copy)
         shares = [h.precise_matches / h.score for f, t in zip(found, truths) for h in f["local"] if h.image_id == t]
         precise["precise_share"] = round(float(np.quantile(shares, PRECISE_SHARE_MISSED)), 4)
-        best_precise = [
-            max((h.precise_matches for h in without(f, t)["local"]), default=0) for f, t in zip(found, truths)
-        ]
+        best_precise = [max((h.precise_matches for h in lists["local"]), default=0) for lists in absent]
         precise["precise_copy_at"] = _above(best_precise, ABSENT_RATE / 2)
     partial = Calibration(engines, float("inf"), **precise)
-    copy_at = _copy_at([fuse(without(f, t), partial, near_duplicate=near) for f, t in zip(found, truths)], partial)
+    copy_at = _copy_at([fuse(lists, partial, near_duplicate=near) for lists in absent], partial)
     # Duplicate groups judge two stored images on PAIR_ENGINES alone: their own threshold, made the same way.
     pairwise = replace(partial, engines={name: fit for name, fit in engines.items() if name in PAIR_ENGINES})
-    pair_lists = [{e: hits for e, hits in without(f, t).items() if e in PAIR_ENGINES} for f, t in zip(found, truths)]
+    pair_lists = [{e: hits for e, hits in lists.items() if e in PAIR_ENGINES} for lists in absent]
     pair_copy_at = _copy_at([fuse(lists, pairwise) for lists in pair_lists], pairwise)
     return replace(partial, copy_at=copy_at, similar_within={"global": SIMILAR_GLOBAL}, pair_copy_at=pair_copy_at)
 

@@ -20,8 +20,9 @@ the gateway's mirror look (the query's mirror image matched with the leading hit
 
 Verdicts: "present", every query with its original in the library (a success: the top hit is the
 original with `copy` or better); "absent", the same queries with the original taken out of every
-engine's list (what a library without it answers, but for the local engine's candidate choice): a
-failure is any `copy` or better.
+engine's list, and the local engine searched again as a library without it would search (its
+candidates, and the shared patterns it sets aside, depend on what is stored): a failure is any
+`copy` or better.
 
 Run: .venv/bin/python bench/copy_fusion.py [--search] [--write]   (--search: search again, after a change to an
 engine or an index; otherwise the lists of the last search are reused from the cache)
@@ -33,6 +34,7 @@ import pickle
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -41,7 +43,7 @@ import common
 import copy_corpus as corpus
 import copy_features as features
 import numpy as np
-from copy_calibration import ABSENT_RATE, HARDEST, PRECISE_SHARE_MISSED, fit, without
+from copy_calibration import ABSENT_RATE, HARDEST, PRECISE_SHARE_MISSED, fit, same_source, without
 
 from lookalike.engines import decode_for
 from lookalike.fusion import (
@@ -61,6 +63,7 @@ LIBRARY = features.FOLDER / "library"
 SEARCHED = features.FOLDER / "searched.pkl"  # every query's lists, as the last --search found them
 CHEAP = ["phash", "color"]
 UNTURNED = "phash, no turns"  # phash with its hash and its mirror image's alone, as before
+LOCAL_WITHOUT = "local, without the original"  # the local engine's list in a library without it
 STRONG = (Verdict.EXACT, Verdict.NEAR_DUPLICATE, Verdict.COPY)
 # Calibrations compared, by what each engine's evidence is read from (its score unless named here):
 # the local engine by all its verified matches, or by the precise ones alone (a copy's are precise,
@@ -73,6 +76,9 @@ SETTINGS = {
     "and a mirror look": (PRECISE, True, True),
 }
 SHIPPED = "and a mirror look"
+# The shipped fusion, counting as found a hit cut from the same photo as the original (`same_source`):
+# a neighbouring aerial tile holding the crop's pixels, a distractor cut from the butterfly original.
+SAME_PHOTO = "fused, a hit cut from the same photo counted"
 
 
 def open_library() -> Library:
@@ -107,10 +113,29 @@ def search_everything(library: Library) -> list[dict[str, list[Hit]]]:
         variants = {**variants, **{e.name: e.query_variants(images[e.name]) for e in cheap}}
         lists = {name: library._search(name, variants[name], PER_ENGINE, None) for name in features.ENGINES}
         lists[UNTURNED] = library._search("phash", variants["phash"][:2], PER_ENGINE, None)
+        with stored_without(library, same_source(original)):
+            lists[LOCAL_WITHOUT] = library._search("local", variants["local"], PER_ENGINE, None)
         found.append(lists)
         if n % 500 == 499:
             print(f"{n + 1}/{len(pairs)} queries, {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return found
+
+
+@contextmanager
+def stored_without(library: Library, gone: frozenset[int]):
+    """The local engine's index voting as if the images `gone` were not stored: their points hit nothing."""
+    ranges = library.indexes["local"].ranges
+    lookup = ranges.lookup
+
+    def without_gone(points: np.ndarray) -> np.ndarray:
+        images = lookup(points)
+        return np.where(np.isin(images, list(gone)), -1, images)
+
+    ranges.lookup = without_gone
+    try:
+        yield
+    finally:
+        del ranges.lookup
 
 
 class MirrorLook:
@@ -139,7 +164,7 @@ _FOLD_FITS: dict[tuple, Calibration] = {}
 
 
 def held_out_fusion(
-    found, truths, fold, stored, near, on: dict[str, str], bounded: bool, look: MirrorLook | None
+    found, truths, absent, fold, stored, near, on: dict[str, str], bounded: bool, look: MirrorLook | None
 ) -> dict:
     """Each fold's queries fused with the calibration fitted on the other fold: the original first, the
     verdicts with it present and with it taken out; with `look`, after the gateway's second look."""
@@ -148,10 +173,11 @@ def held_out_fusion(
         key = (f, tuple(sorted(on.items())), bounded)  # settings that differ only by the look share their fits
         if key not in _FOLD_FITS:
             other = [g != f for g in fold]
-            chosen = [x for x, o in zip(found, other) if o], [t for t, o in zip(truths, other) if o]
+            chosen = [[x for x, o in zip(lists, other) if o] for lists in (found, truths, absent)]
             _FOLD_FITS[key] = fit(*chosen, stored, near, on, bounded)
         fits[f] = _FOLD_FITS[key]
-    result = {"fits": fits, "top": [], "present_ok": [], "absent_bad": [], "absent_verdicts": defaultdict(int)}
+    result = {"fits": fits, "top": [], "top_same_source": [], "present_ok": [], "absent_bad": []}
+    result["absent_verdicts"] = defaultdict(int)
 
     def fused(query: int, lists: dict[str, list[Hit]], calibration: Calibration) -> list:
         return look.fused(query, lists, calibration, near) if look else fuse(lists, calibration, near_duplicate=near)
@@ -159,8 +185,9 @@ def held_out_fusion(
     for query, (x, truth, f) in enumerate(zip(found, truths, fold)):
         hits = fused(query, x, fits[f])
         result["top"].append(hits[0].image_id == truth)
+        result["top_same_source"].append(hits[0].image_id in same_source(truth))
         result["present_ok"].append(hits[0].image_id == truth and hits[0].verdict in STRONG)
-        best_absent = fused(query, without(x, truth), fits[f])
+        best_absent = fused(query, absent[query], fits[f])
         result["absent_verdicts"][best_absent[0].verdict.value if best_absent else "none"] += 1
         result["absent_bad"].append(bool(best_absent) and best_absent[0].verdict in STRONG)
     return result
@@ -221,6 +248,7 @@ def main() -> None:
         stamp_check(library)
     found = pickle.loads(SEARCHED.read_bytes())
     unturned = [x.pop(UNTURNED) for x in found]
+    absent = [without(x, t, {"local": x.pop(LOCAL_WITHOUT)}) for x, t in zip(found, truths)]
     fold = np.array([original % 2 for original in truths])
     recall_1 = {
         name: np.array([bool(x[name]) and x[name][0].image_id == t for x, t in zip(found, truths)])
@@ -233,7 +261,7 @@ def main() -> None:
     with open_library() as library:
         look = MirrorLook(library)
         held_out = {
-            label: held_out_fusion(found, truths, fold, stored, near, on, bounded, look if looks else None)
+            label: held_out_fusion(found, truths, absent, fold, stored, near, on, bounded, look if looks else None)
             for label, (on, bounded, looks) in SETTINGS.items()
         }
         print(f"\nthe mirror look matched {look.asked} sets of leaders", file=sys.stderr)
@@ -242,6 +270,7 @@ def main() -> None:
         "RRF k=60": np.array(rrf_top),
         "weighted RRF": np.array(weighted_top),
         **{f"fused, {label}": np.array(result["top"]) for label, result in held_out.items()},
+        SAME_PHOTO: np.array(held_out[SHIPPED]["top_same_source"]),
     }
     by_transform = np.array([transforms.index(t) for _, t in pairs])
     rows = []
@@ -277,7 +306,7 @@ def main() -> None:
                 for c in result["fits"].values()
             )
         )
-    shipped = fit(found, truths, stored, near, *SETTINGS[SHIPPED][:2])
+    shipped = fit(found, truths, absent, stored, near, *SETTINGS[SHIPPED][:2])
     shipped = replace(
         shipped,
         made_by=f"bench/copy_fusion.py on {time.strftime('%Y-%m-%d')}: {len(pairs)} queries ({len(names)} originals "

@@ -25,6 +25,7 @@ from lookalike.engines.local import MIN_MATCHES
 from lookalike.fusion import Verdict, shipped_calibration, with_matches
 from lookalike.gateway import MIRROR_PRECISE_AT
 from lookalike.indexes import Hit, Matches, Measure
+from lookalike.indexes.points import CANDIDATES
 from lookalike.library import Library
 from lookalike.service import create_app
 
@@ -267,20 +268,45 @@ def test_groups_never_chain_photos_that_are_not_alike():
     assert sorted(map(sorted, groups)) in ([[1, 2], [3, 4]], [[2, 3, 4]])
 
 
-def test_a_stamp_many_photos_carry_does_not_outrank_the_original(tmp_path, monkeypatch):
-    """A query stamped like eight stored photos finds its own unstamped original by local features."""
-    names = list(load_photos())[7:15]
-    with Library(tmp_path, ["local"]) as library:
+@pytest.fixture(scope="module")
+def stamped(tmp_path_factory):
+    """astronaut, and 40 photos (the halves of 20 others) stamped alike: more than the point index
+    verifies for one query (CANDIDATES)."""
+    halves = []
+    for name in list(load_photos())[7:27]:
+        image = Image.open(io.BytesIO(jpeg(name)))
+        halves += [image.crop((0, 0, image.width // 2, image.height)), image.crop((image.width // 2, 0, *image.size))]
+    assert len(halves) > CANDIDATES
+    with Library(tmp_path_factory.mktemp("stamped"), ["local"]) as library:
         library.add(0, jpeg("astronaut"), "astronaut")
-        for image_id, name in enumerate(names, 1):
-            library.add(image_id, encode(stamp(Image.open(io.BytesIO(jpeg(name))))), f"stamped {name}")
-        query = edited("astronaut", stamp)
-        found = library.similar_to_image("local", query, k=3)
-        assert [hit.image_id for hit in found] == [0], found  # the stamped photos share only the stamp
-        # Without setting the shared pattern aside, the stamp alone verifies as a copy of each.
-        monkeypatch.setattr(local, "SHARED_IN_IMAGES", 10**6)
-        unguarded = library.similar_to_image("local", query, k=3)
-        assert len(unguarded) == 3 and unguarded[1].score >= 2 * MIN_MATCHES, unguarded
+        for image_id, half in enumerate(halves, 1):
+            library.add(image_id, encode(stamp(half)), f"stamped half {image_id}")
+        yield library
+
+
+def test_a_stamp_many_photos_carry_does_not_outrank_the_original(stamped, monkeypatch):
+    """A query stamped like 40 stored photos finds its own unstamped original by local features."""
+    query = edited("astronaut", stamp)
+    found = stamped.similar_to_image("local", query, k=3)
+    assert [hit.image_id for hit in found] == [0], found  # the stamped photos share only the stamp
+    # Without setting the shared pattern aside, the stamp alone verifies as a copy of each.
+    monkeypatch.setattr(local, "SHARED_IN_IMAGES", 10**6)
+    unguarded = stamped.similar_to_image("local", query, k=3)
+    assert len(unguarded) == 3 and unguarded[1].score >= 2 * MIN_MATCHES, unguarded
+
+
+def test_a_stamped_photo_that_is_not_stored_matches_nothing_but_the_stamp_alone_does(stamped, monkeypatch):
+    for name in ("chelsea", "coffee"):  # in the library only as the stamp's other carriers are: not at all
+        assert stamped.similar_to_image("local", edited(name, stamp), k=3) == [], name
+    monkeypatch.setattr(local, "OVERLAY_AT_MOST", 0.0)  # were the stamp the query's own content
+    assert len(stamped.similar_to_image("local", edited("chelsea", stamp), k=3)) == 3
+    monkeypatch.undo()
+    # The stamp cut out of a stamped photo is what the query shows: a crop of that photo, and of each
+    # photo carrying it.
+    carrier = Image.open(io.BytesIO(encode(stamp(Image.open(io.BytesIO(jpeg("chelsea")))))))
+    band = carrier.crop((0, carrier.height * 2 // 5, carrier.width, carrier.height * 3 // 5))
+    found = stamped.similar_to_image("local", encode(band), k=5)
+    assert len(found) == 5 and all(hit.score >= MIN_MATCHES for hit in found), found
 
 
 def test_phash_finds_a_quarter_turned_copy(tmp_path):

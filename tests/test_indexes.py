@@ -18,6 +18,7 @@ from helpers import MemorySource
 
 from lookalike.features import FeatureSpec, Keypoints, Matches, TextLine, TextLines
 from lookalike.indexes import INDEX_KINDS, IndexSetup, Marker, Measure, Training, index_kind
+from lookalike.indexes import points as points_module
 from lookalike.indexes import vectors as vectors_module
 from lookalike.indexes.manager import IndexManager
 from lookalike.indexes.templates import train_template
@@ -355,6 +356,28 @@ def test_a_compressed_index_re_scores_its_candidates_exactly(dims):
     )
     del source.features[7]  # deleted from the store before the index hears of it: dropped, not misread
     assert 7 not in [n.image_id for n in index.search([vectors[7]], 3)]
+
+
+def test_a_keypoint_many_images_match_alike_shares_its_vote_among_them(monkeypatch):
+    """A stamp on more images than are verified per query: its keypoints match them all about equally
+    and split their votes, so the one image holding the query's own keypoints is still verified."""
+    rng = np.random.default_rng(5)
+
+    def noisy(descriptors):  # the same pattern, drawn again: near, not identical
+        return np.clip(descriptors + rng.integers(-3, 4, descriptors.shape), 0, 255).astype(np.uint8)
+
+    def at_random(descriptors):
+        return Keypoints(rng.uniform(0, 500, (len(descriptors), 2)).astype(np.float32), descriptors)
+
+    stamp, own = rng.integers(0, 256, (60, 32), dtype=np.uint8), rng.integers(0, 256, (40, 32), dtype=np.uint8)
+    stored = {IDS[0]: at_random(own)}
+    stored |= {i: at_random(np.concatenate([noisy(stamp), rng.integers(0, 256, (20, 32), np.uint8)])) for i in IDS[1:]}
+    assert len(stored) - 1 > points_module.CANDIDATES
+    index = filled(CASES[3], stored)
+    query = at_random(np.concatenate([noisy(stamp), own[:6]]))
+    assert IDS[0] in [hit.image_id for hit in index.search([query])]
+    monkeypatch.setattr(points_module, "BURST_RATIO", 1e9)  # each keypoint's vote whole for every image it hits
+    assert IDS[0] not in [hit.image_id for hit in index.search([query])]
 
 
 def test_l1_threshold_search_is_exact():

@@ -40,6 +40,10 @@ PRECISE = 1.0
 # of the frame): matches there say nothing of which photo the query shows.
 SHARED_IN_IMAGES = 3
 SHARED_MARGIN = 0.02
+# A shared pattern whose box covers at most this share of the query's keypoints' extent is an
+# overlay on the photo (a stamp, a caption bar): where nothing verifies off it, nothing does. A larger
+# one is what the query shows (a logo alone, a scene shot again), and its matches stand.
+OVERLAY_AT_MOST = 0.5
 
 
 class LocalOptions(EngineOptions):
@@ -79,8 +83,9 @@ class LocalFeatures(Engine):
 
     def verify_all(self, query: Keypoints, candidates: list[Keypoints]) -> list[Matches]:
         """Each candidate's matches off the pattern that SHARED_IN_IMAGES candidates show, so a stamp on
-        hundreds of photos does not verify each as a copy; all its matches where nothing else matches
-        anywhere (the query is the logo itself)."""
+        hundreds of photos does not verify each as a copy, even when the photo under the stamp is not
+        stored; all its matches where the pattern is most of the query (a logo alone) and nothing
+        else matches anywhere."""
         verified = [self._inliers(query, stored) for stored in candidates]
         everything = [Matches(len(rows), int(precise.sum())) for rows, precise in verified]
         rows, images = np.unique(np.concatenate([np.empty(0, np.int64), *(r for r, _ in verified)]), return_counts=True)
@@ -91,7 +96,7 @@ class LocalFeatures(Engine):
         low, high = query.xy[shared].min(axis=0) - margin, query.xy[shared].max(axis=0) + margin
         on_pattern = np.all((query.xy >= low) & (query.xy <= high), axis=1)
         off = [Matches(int((~on_pattern[r]).sum()), int((precise & ~on_pattern[r]).sum())) for r, precise in verified]
-        if not any(matches.count >= MIN_MATCHES for matches in off):
+        if not any(matches.count >= MIN_MATCHES for matches in off) and not _an_overlay(query.xy, low, high):
             return everything
         return [matches if matches.count >= MIN_MATCHES else Matches(0, 0) for matches in off]
 
@@ -109,6 +114,13 @@ class LocalFeatures(Engine):
         found = inliers.ravel().astype(bool)
         tolerance = PRECISE * max(1.0, _scale(homography))
         return pairs[found, 0], _within_similarity(query_xy[found], stored_xy[found], tolerance)
+
+
+def _an_overlay(xy: np.ndarray, low: np.ndarray, high: np.ndarray) -> bool:
+    """Whether the box from `low` to `high` covers at most OVERLAY_AT_MOST of the keypoints' extent."""
+    start, end = xy.min(axis=0), xy.max(axis=0)
+    covered = np.clip(np.minimum(high, end) - np.maximum(low, start), 0, None)
+    return float(np.prod(covered)) <= OVERLAY_AT_MOST * float(np.prod(np.maximum(end - start, 1)))
 
 
 def _scale(homography: np.ndarray) -> float:

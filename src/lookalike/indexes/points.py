@@ -2,9 +2,12 @@
 
 A search finds each query descriptor's nearest stored descriptors, maps their point ids to images
 (`PointRanges`), counts one vote per query keypoint per image, and hands the best-voted candidates
-to the engine's exact verification; the score is the number of verified matches. Small libraries use
-an exact flat index; a trained OPQ + IVF + PQ index (`train`) keeps searches fast and RAM small past
-TRAIN_AT_POINTS descriptors.
+to the engine's exact verification; the score is the number of verified matches. A keypoint that
+many images match about equally well (a stamp, a watermark, a logo that hundreds of photos carry)
+splits its vote among them, so a shared overlay cannot crowd the photo's own original out of the
+candidates (inter-image burstiness, Jégou et al., 2009). Small libraries use an exact flat index; a
+trained OPQ + IVF + PQ index (`train`) keeps searches fast and RAM small past TRAIN_AT_POINTS
+descriptors.
 """
 
 import io
@@ -26,6 +29,9 @@ from .point_ranges import PointRanges
 NEIGHBOURS = 8  # stored descriptors fetched per query descriptor
 MIN_VOTES = 3  # query keypoints that must hit an image before it is verified
 CANDIDATES = 30  # best-voted images verified per query variant
+# Stored descriptors within this ratio of a query descriptor's nearest distance match it about as
+# well (Lowe's ratio, as the engines verify with): the keypoint's vote is shared among their images.
+BURST_RATIO = 0.85
 # Flat search costs about 1 s per 400k stored descriptors for a 200-keypoint query on 2 cores.
 TRAIN_AT_POINTS = 200_000
 RETRAIN_GROWTH = 4  # retrain once the library holds this many times the descriptors trained on
@@ -109,15 +115,22 @@ class PointIndex:
             k = min(NEIGHBOURS, self._index.ntotal)  # FAISS's own count: no sum over every image
             if k == 0:
                 return []
-            _, points = self._index.search(np.ascontiguousarray(query.descriptors, np.float32), k)
+            squared, points = self._index.search(np.ascontiguousarray(query.descriptors, np.float32), k)
             images = self.ranges.lookup(points)
         rows = np.repeat(np.arange(len(query)), k)
         hit = images.ravel() >= 0
-        # One vote per query keypoint per image, however many of the image's points it hits.
-        pairs = np.unique(np.stack([rows[hit], images.ravel()[hit]], axis=1), axis=0)
-        voted, votes = np.unique(pairs[:, 1], return_counts=True)
+        close = (squared <= squared[:, :1] / BURST_RATIO**2).ravel()[hit]
+        # One vote per query keypoint per image, however many of the image's points it hits, shared
+        # among the images that match the keypoint about as well as its nearest.
+        pairs, pair_of = np.unique(np.stack([rows[hit], images.ravel()[hit]], axis=1), axis=0, return_inverse=True)
+        pair_close = np.zeros(len(pairs), bool)
+        np.logical_or.at(pair_close, pair_of.ravel(), close)
+        sharing = np.maximum(np.bincount(pairs[pair_close, 0], minlength=len(query)), 1)
+        voted, image_of = np.unique(pairs[:, 1], return_inverse=True)
+        keypoints = np.bincount(image_of.ravel(), minlength=len(voted))
+        votes = np.bincount(image_of.ravel(), weights=1.0 / sharing[pairs[:, 0]], minlength=len(voted))
         order = np.lexsort((voted, -votes))[:CANDIDATES]
-        return [int(i) for i, v in zip(voted[order], votes[order]) if v >= MIN_VOTES]
+        return [int(i) for i, v in zip(voted[order], keypoints[order]) if v >= MIN_VOTES]
 
     # -- building and training -------------------------------------------------------------------
 
