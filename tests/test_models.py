@@ -1,5 +1,6 @@
 """Weights download against a real local HTTP server: success and caching, bad checksum, offline, HTTP errors,
-concurrent callers, and HardNet8 loading exactly the weights it was served."""
+concurrent callers, and HardNet8 loading exactly the weights it was served; installing a model's files from a
+folder (`lookalike models install NAME --from DIR`), for a server that cannot download them."""
 
 import functools
 import hashlib
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import lookalike
 
 from lookalike.errors import ModelUnavailable
-from lookalike.models import RemoteWeights, fetch_weights
+from lookalike.models import RemoteWeights, fetch_weights, registry
 
 
 class Server:
@@ -222,3 +224,89 @@ def test_importing_hardnet_does_not_import_torch():
 def files_in(models_dir: Path) -> list[str]:
     """Every file under models_dir but the lock, which stays on purpose."""
     return sorted(str(p.relative_to(models_dir)) for p in models_dir.rglob("*") if p.is_file() and p.name != ".lock")
+
+
+# -- installing from a folder ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def offline_model(tmp_path, monkeypatch) -> tuple[dict[str, bytes], tuple[RemoteWeights, ...]]:
+    """A model of two files that cannot be downloaded (its URLs point at a closed port), registered as 'tiny'."""
+    contents = {"encoder.onnx": b"encoder weights" * 999, "tokenizer.json": b'{"tokens": []}'}
+    url = f"http://127.0.0.1:{closed_port()}/tiny-repo"
+    files = tuple(
+        RemoteWeights(
+            f"tiny {name}", f"{url}/{name}", hashlib.sha256(content).hexdigest(), f"tiny/{name}", len(content)
+        )
+        for name, content in contents.items()
+    )
+    monkeypatch.setitem(registry.MODELS, "tiny", files)
+    return contents, files
+
+
+def test_a_model_installed_from_a_folder_is_used_without_downloading(tmp_path, models_dir, offline_model):
+    contents, files = offline_model
+    brought = tmp_path / "brought"
+    brought.mkdir()
+    for name, content in contents.items():
+        (brought / name).write_bytes(content)
+
+    installed = registry.install_model("tiny", brought, models_dir)
+    assert installed == [models_dir / "tiny" / name for name in contents]
+    assert files_in(models_dir) == ["tiny/encoder.onnx", "tiny/tokenizer.json"]
+    for weights, content in zip(files, contents.values()):
+        assert fetch_weights(weights, models_dir, progress=False).read_bytes() == content  # no network needed
+        assert registry.installed(weights, models_dir)
+    assert registry.install_model("tiny", brought, models_dir) == []  # already there: nothing to do
+
+
+def test_installing_checks_every_file_before_copying_any(tmp_path, models_dir, offline_model):
+    contents, _ = offline_model
+    brought = tmp_path / "brought"
+    brought.mkdir()
+    (brought / "encoder.onnx").write_bytes(contents["encoder.onnx"])
+
+    with pytest.raises(ModelUnavailable) as raised:
+        registry.install_model("tiny", brought, models_dir)
+    message = raised.value.message
+    assert "lacks 1 of model 'tiny'" in message and "tokenizer.json (14 bytes, sha256" in message
+    assert not models_dir.exists() or files_in(models_dir) == []
+
+
+def test_a_file_with_the_wrong_checksum_is_not_installed(tmp_path, models_dir, offline_model):
+    contents, _ = offline_model
+    brought = tmp_path / "brought" / "tiny"  # the models directory's own layout is found too
+    brought.mkdir(parents=True)
+    (brought / "encoder.onnx").write_bytes(contents["encoder.onnx"][:-1])
+    (brought / "tokenizer.json").write_bytes(contents["tokenizer.json"])
+
+    with pytest.raises(ModelUnavailable) as raised:
+        registry.install_model("tiny", brought.parent, models_dir)
+    assert "wrong sha256" in raised.value.message and str(brought / "encoder.onnx") in raised.value.message
+    assert "tiny/encoder.onnx" not in files_in(models_dir)
+
+
+def test_offline_names_the_install_command(models_dir, offline_model):
+    _, files = offline_model
+    with pytest.raises(ModelUnavailable) as raised:
+        fetch_weights(files[0], models_dir, progress=False)
+    message = raised.value.message
+    assert "`lookalike models install tiny --from DIR`" in message and "14,985 bytes" in message
+
+
+def test_the_install_command_names_what_a_folder_lacks(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = lookalike(tmp_path / "data", "models", "install", "clip-vit-b32", "--from", str(empty))
+    assert done.returncode == 1
+    said = " ".join(done.stderr.split())
+    for name, size in (
+        ("visual.onnx", "351,613,724"),
+        ("textual.onnx", "254,193,396"),
+        ("tokenizer.json", "3,642,073"),
+    ):
+        assert f"{name} ({size} bytes, sha256" in said, said
+    unknown = lookalike(tmp_path / "data", "models", "install", "no-such-model", "--from", str(empty))
+    assert unknown.returncode == 1 and "clip-vit-b32" in unknown.stderr
+    listed = lookalike(tmp_path / "data", "models", "list")
+    assert listed.returncode == 0 and "places365-resnet50" in listed.stdout and "hardnet8v2" in listed.stdout

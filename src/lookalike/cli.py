@@ -253,6 +253,43 @@ def serve(
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
 
 
+models = typer.Typer(help="Models whose files are downloaded on first use: list them, install them from a folder.")
+app.add_typer(models, name="models")
+
+
+@models.command("list")
+def list_models(data_dir: DataDir = None) -> None:
+    """Each downloaded model's files, and whether they are installed."""
+    from .models.registry import MODELS, installed
+
+    models_dir = _settings(data_dir).models_dir
+    table = Table(title=f"models in {models_dir}", title_justify="left")
+    for column in ("model", "file", "bytes", "installed"):
+        table.add_column(column)
+    for name, files in MODELS.items():
+        for weights in files:
+            size = f"{weights.size:,}" if weights.size else "?"
+            table.add_row(name, weights.filename, size, "yes" if installed(weights, models_dir) else "no")
+            name = ""
+    Console().print(table)
+
+
+@models.command("install")
+def install_model(
+    name: Annotated[str, typer.Argument(help="The model, as `lookalike models list` names it.")],
+    folder: Annotated[Path, typer.Option("--from", help="A folder holding the model's files, as downloaded.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Install a model's files from a folder (copied from a machine that could download them), each
+    checked against its sha256: for a server that cannot download them itself."""
+    from .models import registry
+
+    models_dir = _settings(data_dir).models_dir
+    for path in registry.install_model(name, folder, models_dir):
+        console.print(f"installed {path}")
+    console.print(f"{name}: every file in {models_dir}")
+
+
 def _print_hits(title: str, hits: list[Hit]) -> None:
     table = Table(title=title, title_justify="left")
     table.add_column("image_id", justify="right")

@@ -56,18 +56,21 @@ CLIP_MODELS: dict[str, ClipWeights] = {
             f"{_VIT_B_32}/visual/model.onnx",
             "33a3df41ceef21acdf371af00f6dd0456ec1f9eba24d03a7720f9c3734e40859",
             "clip-vit-b32/visual.onnx",
+            351_613_724,
         ),
         textual=RemoteWeights(
             "clip-vit-b32 text encoder",
             f"{_VIT_B_32}/textual/model.onnx",
             "b80cf0af751533a6712d92247f0ddc0c95208748bc59a1a27f33e67be6864e3b",
             "clip-vit-b32/textual.onnx",
+            254_193_396,
         ),
         tokenizer=RemoteWeights(
             "clip-vit-b32 tokenizer",
             f"{_VIT_B_32}/textual/tokenizer.json",
             "6d9109cc838977f3ca94a379eec36aecc7c807e1785cd729660ca2fc0171fb35",
             "clip-vit-b32/tokenizer.json",
+            3_642_073,
         ),
     ),
 }

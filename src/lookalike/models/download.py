@@ -1,5 +1,6 @@
 """Model weights downloaded on first use and pinned by sha256, so an install needs no manual step and a
-truncated, tampered or replaced file is never loaded."""
+truncated, tampered or replaced file is never loaded; on a server that cannot download them, files
+brought over from another machine are installed the same way (`install_file`)."""
 
 import fcntl
 import hashlib
@@ -8,8 +9,9 @@ import os
 import re
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,15 @@ class RemoteWeights:
     url: str
     sha256: str
     filename: str
+    size: int | None = None  # bytes, where the publisher or the projects that pin the file state it
+
+    def looked_for(self) -> list[str]:
+        """The names a folder may hold this file by (`registry.install_model`): its path in the models
+        directory, its file name there, and its name at the URL with and without its folder (a copy
+        of the model's repository)."""
+        at_url = Path(urllib.parse.urlparse(self.url).path)
+        names = [self.filename, Path(self.filename).name, str(at_url.relative_to(at_url.parent.parent)), at_url.name]
+        return list(dict.fromkeys(names))
 
 
 def fetch_weights(weights: RemoteWeights, models_dir: Path, progress: bool = True) -> Path:
@@ -74,18 +85,33 @@ def is_verified(path: Path, sha256: str) -> bool:
         return False
 
 
+def install_file(weights: RemoteWeights, source: Path, models_dir: Path) -> Path:
+    """Copy `source` into models_dir as `weights`' file, verified as a download is: the path it has there."""
+    path = models_dir / weights.filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(models_dir / ".lock"):
+        if not is_verified(path, weights.sha256):
+            path.unlink(missing_ok=True)
+            _write_verified(weights, path, lambda file: _copy(source, file), what=str(source))
+            is_verified(path, weights.sha256)
+    return path
+
+
 def _download(weights: RemoteWeights, path: Path, progress: bool) -> None:
-    """Stream to a temp file beside path, check the hash, fsync and rename: path is complete or absent."""
+    _write_verified(weights, path, lambda file: _stream(weights, path, file, progress), what="the download")
+
+
+def _write_verified(weights: RemoteWeights, path: Path, fill: Callable[[BinaryIO], str], what: str) -> None:
+    """Write with `fill` (which returns the sha256 of what it wrote) to a temp file beside path, check
+    the hash, fsync and rename: path is complete or absent."""
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     temp_path = Path(temp_name)
     try:
         with os.fdopen(fd, "wb") as file:
-            got = _stream(weights, path, file, progress)
+            got = fill(file)
             os.fsync(file.fileno())
         if got != weights.sha256:
-            raise _unavailable(
-                weights, path, f"the download has the wrong sha256: expected {weights.sha256}, got {got}"
-            )
+            raise _unavailable(weights, path, f"{what} has the wrong sha256: expected {weights.sha256}, got {got}")
         os.replace(temp_path, path)
         directory = os.open(path.parent, os.O_RDONLY)
         try:
@@ -115,10 +141,24 @@ def _stream(weights: RemoteWeights, path: Path, file: BinaryIO, progress: bool) 
     return digest.hexdigest()
 
 
+def _copy(source: Path, file: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    with source.open("rb") as read:
+        while chunk := read.read(CHUNK_BYTES):
+            file.write(chunk)
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _unavailable(weights: RemoteWeights, path: Path, reason: str) -> ModelUnavailable:
+    from .registry import models_holding  # the registry imports the models that import this module
+
+    size = f"{weights.size:,} bytes, " if weights.size else ""
+    ways = [f"run `lookalike models install {name} --from DIR` with it in DIR" for name in models_holding(weights)]
     return ModelUnavailable(
         f"model {weights.name!r} is not available: {reason}. To install it by hand, download {weights.url} "
-        f"and put it at {path} (expected sha256 {weights.sha256})."
+        f"({size}sha256 {weights.sha256}) on a machine that can, copy it here and "
+        f"{' or '.join([*ways, f'put it at {path}'])}."
     )
 
 

@@ -68,6 +68,7 @@ PLACES365 = PlacesWeights(
         f"{_FILES}/categories_places365.txt",
         "2affba635eb657e7ca95f4e6cc69bd9fac29ef4c32aeb83cafdfcd06ec6a1ea6",
         "places365/categories_places365.txt",
+        6_833,
     ),
     indoor_outdoor=RemoteWeights(
         "places365 indoor/outdoor",

@@ -13,21 +13,11 @@ import numpy as np
 
 from ...errors import ModelUnavailable
 from ...models import RemoteWeights, fetch_weights
+from ...models.registry import HARDNET8_WEIGHTS
 from .base import quantize_unit
 
 if TYPE_CHECKING:
     import cv2
-
-# kornia also mirrors the file at https://huggingface.co/kornia/hardnet/resolve/main/hardnet8v2.pt
-HARDNET8_URL = "https://cmp.felk.cvut.cz/~mishkdmy/hardnet8v2.pt"
-HARDNET8_WEIGHTS = RemoteWeights(
-    name="hardnet8v2",
-    url=HARDNET8_URL,
-    # The authors publish no checksum; this one is from a third-party weights manifest (34.49 MB file),
-    # unverified here (no network). A wrong one fails the first download with expected vs got.
-    sha256="5982f6d2c647545f13e74e8b011110fea2408130015a1496713253d9c00a941b",
-    filename="hardnet8v2.pt",
-)
 
 PATCH_SIZE = 32  # what HardNet8 was trained on
 BATCH_SIZE = 256  # patches per forward pass: bounds memory on images with many keypoints
