@@ -4,6 +4,7 @@ installs from a folder on a server that cannot download them."""
 from pathlib import Path
 
 from ..errors import InvalidRequest, ModelUnavailable
+from .captioners import CAPTION_MODELS
 from .clip import CLIP_MODELS
 from .download import RemoteWeights, install_file, is_verified
 from .ocr import DIRECTION, OCR_MODELS, shipped_file
@@ -25,6 +26,7 @@ MODELS: dict[str, tuple[RemoteWeights, ...]] = {
     HARDNET8_WEIGHTS.name: (HARDNET8_WEIGHTS,),
     # The small OCR model and the direction classifier ship in the rapidocr wheel: listed, never fetched.
     **{name: (ocr.detector, ocr.recognizer, DIRECTION) for name, ocr in OCR_MODELS.items()},
+    **{name: captioner.files for name, captioner in CAPTION_MODELS.items()},
 }
 
 
