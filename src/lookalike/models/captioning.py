@@ -2,7 +2,8 @@
 on its own cached keys and values, by greedy or beam search.
 
 `export_captioner` writes a transformers `VisionEncoderDecoderModel` (a ViT-like encoder and a GPT-2-like
-decoder with cross-attention, as nlpconnect's vit-gpt2 captioner is) as two graphs:
+decoder with cross-attention, as nlpconnect's vit-gpt2 captioner is) or a `BlipForConditionalGeneration`
+(a ViT and a BERT-like decoder with cross-attention, as Salesforce's BLIP captioners are) as two graphs:
 - encoder.onnx: pixel_values (n, 3, side, side) -> last_hidden_state (n, patches, width);
 - decoder.onnx: input_ids and position_ids (n, t), encoder_hidden_states, and each layer's past
   self-attention keys and values (n, heads, p, head width) -> logits (n, t, vocabulary) and the
