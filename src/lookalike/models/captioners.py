@@ -4,17 +4,15 @@
 No captioning weights ship in any package reachable here, so each model is a download (or, on a server
 without internet, `lookalike models install NAME --from DIR`)."""
 
-import contextlib
-import io
 import os
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelUnavailable
 from .captioning import SETTINGS_FILE, Captioner, export_captioner
 from .download import RemoteWeights, fetch_weights, locked
+from .runtime import quietly
 
 
 @dataclass(frozen=True)
@@ -92,9 +90,7 @@ def _export(saved: Path, tokenizer: Path, folder: Path) -> None:
     temporary = folder.with_name(f".{folder.name}.part")
     for leftover in (temporary, folder):  # a crash's half-written export
         shutil.rmtree(leftover, ignore_errors=True)
-    # Exporters print progress and tracer warnings meant for model authors, not users.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    with quietly():
         export_captioner(model, temporary, tokenizer)
     for path in temporary.iterdir():
         with path.open("rb") as file:

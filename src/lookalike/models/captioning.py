@@ -227,8 +227,10 @@ class Captioner:
     ) -> list[list[int]]:
         """Each image's tokens, from the start token to the end token (or max_new_tokens later)."""
         (hidden,) = self._encoder.run(None, {"pixel_values": pixel_values.astype(np.float32)})
-        search = _greedy if beams == 1 else _beam_search
-        return search(self, hidden, beams, max_new_tokens, no_repeat_ngram)
+        if beams == 1:
+            return _greedy(self, hidden, max_new_tokens, no_repeat_ngram)
+        # Image by image, the image's beams batched: transformers' beam search, length penalty 1, no early stop.
+        return [_beams_of(self, hidden[i : i + 1], beams, max_new_tokens, no_repeat_ngram) for i in range(len(hidden))]
 
     def step(self, tokens: np.ndarray, hidden: np.ndarray, past: list[np.ndarray] | None) -> tuple:
         """The next token's logits for each row of `tokens` (all decoded but the last already in
@@ -244,7 +246,7 @@ class Captioner:
         return logits[:, -1].astype(np.float32), present
 
 
-def _greedy(captioner: Captioner, hidden, _beams: int, max_new_tokens: int, no_repeat_ngram: int) -> list[list[int]]:
+def _greedy(captioner: Captioner, hidden, max_new_tokens: int, no_repeat_ngram: int) -> list[list[int]]:
     settings = captioner.settings
     tokens = np.full((len(hidden), 1), settings.start_id, np.int64)
     running = np.ones(len(hidden), bool)
@@ -258,11 +260,6 @@ def _greedy(captioner: Captioner, hidden, _beams: int, max_new_tokens: int, no_r
         if not running.any():
             break
     return [_until_end(row, settings.end_id) for row in tokens]
-
-
-def _beam_search(captioner: Captioner, hidden, beams: int, max_new_tokens: int, no_repeat_ngram: int):
-    """transformers' beam search (length penalty 1, no early stop), image by image."""
-    return [_beams_of(captioner, hidden[i : i + 1], beams, max_new_tokens, no_repeat_ngram) for i in range(len(hidden))]
 
 
 def _beams_of(captioner: Captioner, hidden, beams: int, max_new_tokens: int, no_repeat_ngram: int) -> list[int]:

@@ -59,14 +59,26 @@ def fetch_weights(weights: RemoteWeights, models_dir: Path, progress: bool = Tru
             f"model {weights.name!r} has no trusted sha256 (got {weights.sha256!r}), so neither a download from "
             f"{weights.url} nor a file at {path} can be verified; give its weights entry the sha256 you trust"
         )
+    return _placed(weights, models_dir, lambda file: _stream(weights, path, file, progress), "the download")
+
+
+def install_file(weights: RemoteWeights, source: Path, models_dir: Path) -> Path:
+    """Copy `source` into models_dir as `weights`' file, verified as a download is: the path it has there."""
+    return _placed(weights, models_dir, lambda file: _copy(source, file), str(source))
+
+
+def _placed(weights: RemoteWeights, models_dir: Path, fill: Callable[[BinaryIO], str], what: str) -> Path:
+    """`weights`' file in models_dir: kept where it is there and verified, else written by `fill` (which
+    returns the sha256 of what it wrote; `what` names its source in errors) and verified."""
+    path = models_dir / weights.filename
     if is_verified(path, weights.sha256):
         return path  # no lock needed to read a complete file, so a read-only models_dir works too
     path.parent.mkdir(parents=True, exist_ok=True)  # filename may name a subfolder of models_dir
-    with locked(models_dir / ".lock"):  # two processes starting at once download the file only once
+    with locked(models_dir / ".lock"):  # two processes starting at once write the file only once
         if is_verified(path, weights.sha256):
-            return path  # another process downloaded it while we waited
-        path.unlink(missing_ok=True)  # truncated or replaced: download it again rather than load it
-        _download(weights, path, progress)
+            return path  # another process wrote it while we waited
+        path.unlink(missing_ok=True)  # truncated or replaced: write it again rather than load it
+        _write_verified(weights, path, fill, what)
         is_verified(path, weights.sha256)  # remember it, so the next call does not hash it again
     return path
 
@@ -83,22 +95,6 @@ def is_verified(path: Path, sha256: str) -> bool:
         return True
     except FileNotFoundError:  # also when another process removes a bad copy under our feet
         return False
-
-
-def install_file(weights: RemoteWeights, source: Path, models_dir: Path) -> Path:
-    """Copy `source` into models_dir as `weights`' file, verified as a download is: the path it has there."""
-    path = models_dir / weights.filename
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with locked(models_dir / ".lock"):
-        if not is_verified(path, weights.sha256):
-            path.unlink(missing_ok=True)
-            _write_verified(weights, path, lambda file: _copy(source, file), what=str(source))
-            is_verified(path, weights.sha256)
-    return path
-
-
-def _download(weights: RemoteWeights, path: Path, progress: bool) -> None:
-    _write_verified(weights, path, lambda file: _stream(weights, path, file, progress), what="the download")
 
 
 def _write_verified(weights: RemoteWeights, path: Path, fill: Callable[[BinaryIO], str], what: str) -> None:

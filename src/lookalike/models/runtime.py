@@ -6,7 +6,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,14 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+@contextlib.contextmanager
+def quietly() -> Iterator[None]:
+    """Exporters print progress and tracer warnings meant for model authors, not users: hide them."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
 def exported(path: Path, export: Callable[[Path], None]) -> Path:
     """`path`, made by `export(temporary_path)` the first time (under a lock, atomically)."""
     if path.exists():
@@ -67,9 +75,7 @@ def exported(path: Path, export: Callable[[Path], None]) -> Path:
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         os.close(fd)
         try:
-            # Exporters print progress and tracer warnings meant for model authors, not users.
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
+            with quietly():
                 export(Path(temporary))
             with open(temporary, "rb") as file:
                 os.fsync(file.fileno())  # a power cut must not leave an empty model under the final name
