@@ -26,6 +26,14 @@ def photos():
     return load_photos()
 
 
+@pytest.fixture(scope="session")
+def tiny_captioner(tmp_path_factory) -> str:
+    """The caption model the tests run (`tiny_captioner.py`), installed in MODELS_DIR; its name."""
+    from tiny_captioner import install_tiny_captioner, saved_tiny_blip
+
+    return install_tiny_captioner(saved_tiny_blip(tmp_path_factory.mktemp("tiny-blip")), MODELS_DIR)
+
+
 @pytest.fixture
 def library(tmp_path):
     with Library(tmp_path / "data", ["phash", "color"]) as library:

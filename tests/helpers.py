@@ -19,6 +19,9 @@ TEXT_QUERIES = {
     "image_text": ("a cup of coffee", "coffee"),
     "tags": ("espresso", "coffee"),
     "text": ("espresso", "coffee"),
+    # Words of the tiny random captioner (tests/tiny_captioner.py), which captions chelsea "w36".
+    "captions": ("w36", "chelsea"),
+    "caption_embedding": ("w36", "chelsea"),
 }
 
 

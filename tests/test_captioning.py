@@ -10,10 +10,8 @@ import pytest
 import torch
 from photos import photos
 from test_models import Server
-from tokenizers import Tokenizer, models
+from tiny_captioner import END, SIDE, START, VOCABULARY, tiny_blip, word_tokenizer
 from transformers import (
-    BlipConfig,
-    BlipForConditionalGeneration,
     GPT2Config,
     VisionEncoderDecoderConfig,
     VisionEncoderDecoderModel,
@@ -26,11 +24,6 @@ from lookalike.errors import ModelUnavailable
 from lookalike.models import RemoteWeights, registry
 from lookalike.models.captioners import CaptionWeights, load_captioner
 from lookalike.models.captioning import Captioner, export_captioner
-
-START, END = 0, 1
-SIDE = 32
-VOCABULARY = 40
-
 
 # Each architecture: its tiny model, and the image processor its captioner uses.
 ARCHITECTURES = {"vit-gpt2": ("tiny_model", ViTImageProcessorPil), "blip": ("tiny_blip", BlipImageProcessorPil)}
@@ -63,36 +56,6 @@ def tiny_model() -> VisionEncoderDecoderModel:
     with torch.no_grad():  # a longer end token's embedding (tied to its output row), so some captions end early
         model.decoder.transformer.wte.weight[END] *= 2.5
     return model
-
-
-def tiny_blip() -> BlipForConditionalGeneration:
-    """A random BLIP of two layers each; its decoder starts from bos and ends at sep, as BLIP's does."""
-    torch.manual_seed(0)
-    config = BlipConfig(
-        vision_config={
-            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "image_size": SIDE, "patch_size": 8, "initializer_range": 0.5,
-        },
-        text_config={
-            "vocab_size": VOCABULARY, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "max_position_embeddings": 64, "encoder_hidden_size": 32,
-            "bos_token_id": START, "sep_token_id": END, "pad_token_id": 2, "eos_token_id": 3,
-            "initializer_range": 0.5,
-        },
-    )  # fmt: skip
-    model = BlipForConditionalGeneration(config).eval()
-    with torch.no_grad():  # as for ViT-GPT2: some captions end early
-        model.text_decoder.cls.predictions.bias[END] += 1.5
-    return model
-
-
-def word_tokenizer(path):
-    """A tokenizer of the tiny vocabulary: the start and end tokens, then words w2, w3, ..."""
-    words = {"[START]": START, "[END]": END} | {f"w{i}": i for i in range(2, VOCABULARY)}
-    tokenizer = Tokenizer(models.WordLevel(words, unk_token="w2"))
-    tokenizer.add_special_tokens(["[START]", "[END]"])
-    tokenizer.save(str(path))
-    return path
 
 
 def until_end(tokens: list[int]) -> list[int]:
@@ -156,7 +119,7 @@ def test_a_caption_model_downloaded_or_installed_from_a_folder_captions_as_trans
     files = [
         RemoteWeights(f"tiny {name}", server.url(name), sha256_of(saved / name), f"tiny-blip/{name}") for name in names
     ]
-    weights = CaptionWeights("tiny-blip", *files)
+    weights = CaptionWeights("tiny-blip", SIDE, *files)
     monkeypatch.setitem(registry.MODELS, "tiny-blip", weights.files)
     images = [photos()[name] for name in ("astronaut", "rocket", "coffee")]
     try:

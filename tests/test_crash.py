@@ -40,7 +40,8 @@ def test_index_killed_mid_run(tmp_path, gallery, commits, checkpoint_seconds, re
 
 
 def test_index_with_text_killed_mid_run(tmp_path, photos, monkeypatch):
-    """The text engine's lines are committed with their image record, or neither is."""
+    """Killed in its text pass, `index` leaves every image's lines written whole or owed by the
+    backlog; the rerun makes the owed ones."""
     monkeypatch.setattr(trials, "ENGINES", ["phash", "text"])
     signs = {
         name: render(photo, Lettering(f"GATE {number:02d}", 40, plate=True), random.Random(number))
@@ -48,8 +49,9 @@ def test_index_with_text_killed_mid_run(tmp_path, photos, monkeypatch):
     }
     files = 240  # the text engine is slower: the indexer commits every 2 s, well before the end
     gallery = trials.make_gallery(tmp_path / "gallery", signs, files)
-    trial = trials.index_trial(tmp_path / "data", gallery, 1, 0.0)
-    assert trial.mid_run and 0 < len(trial.acknowledged) < files, "the kill must land mid-run"
+    trial = trials.index_trial(tmp_path / "data", gallery, 1, 0.0, engine="text")
+    assert trial.mid_run and len(trial.acknowledged) == files, "the fast pass is done"
+    assert 0 < trial.features_at_kill < files, "the kill must land in the text pass"
     assert trial.findings.all() == []
     with Library(tmp_path / "data", trials.ENGINES) as library:
         assert library.store.count("text") == library.stats()["engines"]["text"]["indexed"] == files

@@ -33,8 +33,13 @@ def jpeg(name: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    settings = Settings(data_dir=tmp_path_factory.mktemp("every-engine"), engines=list(ENGINES), models_dir=MODELS_DIR)
+def service(tmp_path_factory, tiny_captioner):
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("every-engine"),
+        engines=list(ENGINES),
+        models_dir=MODELS_DIR,
+        caption_model=tiny_captioner,
+    )
     with TestClient(create_app(settings), base_url=LOCAL_URL, raise_server_exceptions=False) as client:
         for name, image_id in PHOTOS.items():
             ok(upload(client, "/images", jpeg(name), image_id=image_id, file_name=name), 201)
@@ -70,13 +75,13 @@ def test_an_uploaded_photo_finds_itself_first(service, engine):
 
 def test_the_engines_own_threshold_field_bounds_its_hits(service, engine):
     score = measure(service, engine)
-    best = ok(upload(service, f"/engines/{engine}/search", jpeg("coffee"), k=1))[0]
+    best = ok(upload(service, f"/engines/{engine}/search", jpeg("chelsea"), k=1))[0]
     field = THRESHOLD_FIELDS[service.app.state.library.measure(engine)]
-    within = ok(upload(service, f"/engines/{engine}/search", jpeg("coffee"), **{field: best[score]}))
+    within = ok(upload(service, f"/engines/{engine}/search", jpeg("chelsea"), **{field: best[score]}))
     check_hits(within, score)
     assert within[0] == best and all(hit[score] == best[score] for hit in within), "a cutoff at the best: its ties"
     others = [name for name in THRESHOLD_FIELDS.values() if name != field]
-    assert "give k or" in error(upload(service, f"/engines/{engine}/search", jpeg("coffee"), **{others[0]: 1}), 422)
+    assert "give k or" in error(upload(service, f"/engines/{engine}/search", jpeg("chelsea"), **{others[0]: 1}), 422)
 
 
 def test_similar_to_a_stored_photo_leaves_it_out(service, engine):

@@ -5,7 +5,7 @@ import pytest
 from helpers import crash
 from photos import encode
 
-import lookalike.store
+import lookalike.store.feature_store
 from lookalike.engines import create_engine
 from lookalike.errors import Conflict, LookalikeError, NotFound, StoreVersionError
 from lookalike.library import Library
@@ -66,7 +66,7 @@ class TestStore:
         assert store.record(5) is None and store.id_for_name("x.png") is None
 
     def test_map_grows_by_itself(self, tmp_path, monkeypatch):
-        monkeypatch.setattr(lookalike.store, "_INITIAL_MAP_SIZE", 1 << 20)
+        monkeypatch.setattr(lookalike.store.feature_store, "_INITIAL_MAP_SIZE", 1 << 20)
         store = FeatureStore(tmp_path, SPECS)
         for start in range(0, 3000, 500):  # ~6 MB of colour histograms into a 1 MB map
             features = random_features(500)

@@ -17,7 +17,7 @@ from .config import Settings
 from .duplicates import duplicate_groups
 from .errors import LookalikeError, StorageFull
 from .fusion import Evidence, Verdict
-from .gateway import ReverseSearch, reverse_search
+from .gateway import DESCRIBED_BY, ReverseSearch, TextSearch, reverse_search, text_search
 from .indexes import Hit
 from .library import Library
 
@@ -37,8 +37,12 @@ def _settings(data_dir: Path | None, **overrides) -> Settings:
 def _open(settings: Settings, prepare: bool = False) -> Library:
     library = Library.from_settings(settings)
     if prepare:  # before a progress bar starts: the first run exports the models, which takes a while
-        with console.status("loading the models (the first run exports them to ONNX once)"):
-            library.prepare()
+        try:
+            with console.status("loading the models (the first run exports them to ONNX once)"):
+                library.prepare()
+        except BaseException:
+            library.close()
+            raise
     return library
 
 
@@ -47,13 +51,22 @@ def index(
     directory: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder to index, recursively.")],
     data_dir: DataDir = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes [default: all cores].")] = None,
+    defer: Annotated[
+        bool,
+        typer.Option(
+            help="Only the fast pass: leave the slow engines' features (local, text, captions) to the service, "
+            "which makes them in the background (`lookalike serve`; GET /jobs shows how far it is)."
+        ),
+    ] = False,
 ) -> None:
-    """Index every image under DIRECTORY; files already indexed and unchanged are skipped."""
+    """Index every image under DIRECTORY; files already indexed and unchanged are skipped. The fast
+    engines first, so the library answers their searches as soon as possible, then one pass per slow
+    engine (local features, OCR text, captions), each resumed where it stopped when run again."""
     settings = _settings(data_dir)
     with (
         _open(settings, prepare=True) as library,
         Progress(
-            TextColumn("indexing"),
+            TextColumn("{task.description:>18}"),
             BarColumn(),
             MofNCompleteColumn(),
             _RateColumn(),
@@ -61,20 +74,16 @@ def index(
             console=console,
         ) as progress,
     ):
-        task = progress.add_task("index", total=None)
+        tasks = []
+
+        def start(stage: str, total: int) -> None:
+            tasks.append(progress.add_task(stage, total=total))
 
         def done(job: indexer.Job, error: str | None) -> None:
-            progress.advance(task)
+            progress.advance(tasks[-1])
 
         try:
-            report = indexer.run(
-                library,
-                directory,
-                workers,
-                lambda total: progress.update(task, total=total),
-                done,
-                settings.checkpoint_seconds,
-            )
+            report = indexer.run(library, directory, workers, start, done, settings.checkpoint_seconds, defer)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: what was indexed is saved; run the same command to resume")
             raise typer.Exit(130) from None
@@ -86,6 +95,7 @@ def index(
         if library.due_for_training():
             with console.status("training the local features index (once; it keeps searches fast)"):
                 library.maintain()
+        backlog = {name: n for name, n in library.store.backlog().items() if n}
     for path, error in report.failed:  # soft wrap: a path stays whole, to be copied or grepped
         console.print(f"[yellow]skipped[/] {path}: {error}", soft_wrap=True)
     for path, image_id in report.taken:
@@ -98,6 +108,11 @@ def index(
     )
     if report.failed:
         console.print("failed files were left out; fix or remove them and run index again to retry")
+    if backlog:
+        owed = ", ".join(f"{n} {name}" for name, n in backlog.items())
+        console.print(
+            f"owed to the background pass: {owed} (`lookalike serve` makes them; or index again without --defer)"
+        )
 
 
 @app.command()
@@ -149,12 +164,11 @@ def search(
             found = reverse_search(library, image.read_bytes(), k)
             _print_fused(found, str(image), as_json)
             return
+        if text is not None and engine == "all":
+            _print_described(text_search(library, text, k), text, k, as_json)
+            return
         if text is not None:
-            found = (
-                library.search_all_text(text, k)
-                if engine == "all"
-                else {engine: library.similar_to_text(engine, text, k=k)}
-            )
+            found = {engine: library.similar_to_text(engine, text, k=k)}
             query = repr(text)
         else:
             found = {engine: library.similar_to_image(engine, image.read_bytes(), k=k, mirrored=mirrored)}
@@ -176,6 +190,22 @@ def _print_fused(found: ReverseSearch, query: str, as_json: bool) -> None:
         out.print(f"{hit.image_id:>8}  {hit.verdict.value:<14} {hit.score:7.1f}  {hit.file_name}", highlight=False)
         said = [f"{name} #{e.rank} ({_evidence_text(e)})" for name, e in hit.evidence.items()]
         out.print(f"{'':>34}[dim]{' · '.join(said)}[/]", highlight=False)
+
+
+def _print_described(found: TextSearch, text: str, k: int, as_json: bool) -> None:
+    lists = {name: [hit.as_dict() for hit in hits[:k]] for name, hits in found.found.items()}
+    if as_json:
+        print(json.dumps({"hits": [hit.as_dict() for hit in found.hits], "found": lists}, indent=2))
+        return
+    out = Console(soft_wrap=True)
+    if found.hits:
+        out.print(f"[bold]described by {text!r}[/]", highlight=False)
+    for hit in found.hits:
+        said = " · ".join(f"{name} {score:.3g}" for name, score in hit.engines.items())
+        out.print(f"{hit.image_id:>8}  {hit.similarity:6.3f}  {hit.file_name}  [dim]{said}[/]", highlight=False)
+    for name, hits in found.found.items():
+        if name not in DESCRIBED_BY:
+            _print_hits(f"{name}: {text!r}", hits[:k])
 
 
 def _evidence_text(evidence: Evidence) -> str:
@@ -249,8 +279,9 @@ def serve(
 
     settings = _settings(data_dir, host=host, port=port, insecure=insecure or None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    app = create_app(settings, _open(settings, prepare=True))  # a model that cannot load stops here, saying why
     console.print(f"lookalike: data in {settings.data_dir}, serving http://{settings.host}:{settings.port}/docs")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    uvicorn.run(app, host=settings.host, port=settings.port)
 
 
 models = typer.Typer(help="Models whose files are downloaded on first use: list them, install them from a folder.")

@@ -8,6 +8,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .engines import ENGINES, EngineOptions
 
+CAPTION_ENGINES = ("captions", "caption_embedding")  # on when a caption model is named
+
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
@@ -89,6 +91,12 @@ class Settings(BaseSettings):
         description="Longest side, in pixels, of the image the text detector sees (default 640): larger finds "
         "smaller print and costs more on every photo, with text or without.",
     )
+    caption_model: str | None = Field(
+        default=None,
+        description="Caption photos with this model (blip-base: BLIP base, about 1 GB, downloaded on first use or "
+        "installed with `lookalike models install blip-base --from DIR`), which turns on the captions and "
+        "caption_embedding engines unless LOOKALIKE_ENGINES names the engines. Fixed per data directory.",
+    )
     models_dir: Path = Field(
         default=None,
         validate_default=False,
@@ -103,6 +111,12 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown engine {unknown[0]!r}; registered engines: {', '.join(ENGINES)}")
         return engines
+
+    @model_validator(mode="after")
+    def captions_when_asked(self) -> "Settings":
+        if self.caption_model is not None and "engines" not in self.model_fields_set:
+            self.engines = [*self.engines, *(name for name in CAPTION_ENGINES if name not in self.engines)]
+        return self
 
     @model_validator(mode="after")
     def models_beside_data(self) -> "Settings":

@@ -144,13 +144,16 @@ def fuse(
     calibration: Calibration,
     exact: frozenset[int] = frozenset(),
     near_duplicate: dict[str, float] | None = None,
+    pending: dict[int, tuple[str, ...]] | None = None,
 ) -> list[FusedHit]:
     """Every image any engine listed, by summed evidence (the exact copies first).
 
     `found` holds each engine's list, best first; engines the calibration does not know are shown
     but weigh nothing. `near_duplicate` maps an engine to the score within which it calls two images
-    the same (phash's duplicate threshold).
+    the same (phash's duplicate threshold). `pending` names the engines an image has no feature in
+    yet (the background pass owes them): not being listed by those says nothing.
     """
+    pending = pending or {}
     listed: dict[int, dict[str, Evidence]] = {}
     names: dict[int, str] = {}
     for engine, hits in found.items():
@@ -164,7 +167,10 @@ def fuse(
     for image_id in listed.keys() | exact:
         evidence = listed.get(image_id, {})
         score = sum(e.weight for e in evidence.values())
-        unlisted = [calibration.engines[e] for e in found if e in calibration.engines and e not in evidence]
+        unknown = pending.get(image_id, ())
+        unlisted = [
+            calibration.engines[e] for e in found if e in calibration.engines and e not in evidence and e not in unknown
+        ]
         score += sum(fit.evidence(None) for fit in unlisted)
         verdict = _verdict(image_id in exact, score, evidence, calibration, near_duplicate or {})
         fused.append(FusedHit(image_id, names.get(image_id, ""), round(score, 4), verdict, evidence))

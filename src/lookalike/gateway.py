@@ -44,13 +44,14 @@ def reverse_search(
     found = library.search_all(images, PER_ENGINE)
     exact = frozenset(library.store.ids_with_digest(hashlib.sha256(data).digest()))
     near = {"phash": library.engines["phash"].duplicate_threshold} if "phash" in library.engines else {}
-    hits = fuse(found, calibration, exact, near)
+    pending = library.store.pending_of(list({hit.image_id for hits in found.values() for hit in hits} | exact))
+    hits = fuse(found, calibration, exact, near, pending)
     looked_again = mirror_look(
         found, hits, calibration, lambda leaders: library.mirror_matches(MIRRORED, images[MIRRORED], leaders)
     )
     if looked_again:
         found = looked_again
-        hits = fuse(found, calibration, exact, near)
+        hits = fuse(found, calibration, exact, near, pending)
     hits = hits[:k]
     unnamed = [hit.image_id for hit in hits if not hit.evidence]  # exact copies no engine listed
     names = dict(zip(unnamed, library.store.names_for(unnamed)))
@@ -74,3 +75,47 @@ def mirror_look(
     matches = mirror_matches([hit.image_id for hit in hits[:LEADERS]])
     copies = {i: m for i, m in matches.items() if m.precise >= MIRROR_PRECISE_AT and not calibration.another_shot(m)}
     return with_matches(found, MIRRORED, copies)
+
+
+# Engines whose text query lands in a space of meaning, beside the photos: a text query ranks photos by
+# the better of their similarities. In the offline image-text space both are cosines between the query's
+# MiniLM embedding and a unit vector of MiniLM embeddings (a photo's class names, or its caption).
+DESCRIBED_BY = ("image_text", "caption_embedding")
+
+
+@dataclass(frozen=True)
+class TextHit:
+    image_id: int
+    file_name: str
+    similarity: float  # the best of the described-by engines' cosine similarities
+    engines: dict[str, float]  # every engine that listed it: its score (similarity, or words' relevance)
+
+    def as_dict(self) -> dict:
+        return {"image_id": self.image_id, "file_name": self.file_name, "similarity": self.similarity,
+                "engines": self.engines}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TextSearch:
+    hits: list[TextHit]  # the photos the text describes, best first
+    found: dict[str, list[Hit]]  # each text engine's own list (tags, the words of OCR text and of captions too)
+
+
+def text_search(library: Library, text: str, k: int | None = None) -> TextSearch:
+    """Photos a text describes: by the better of the image-text similarity and the caption's, with each
+    text engine's own list beside (a photo found only by its words is there, not in `hits`)."""
+    found = library.search_all_text(text, PER_ENGINE)
+    scores: dict[int, dict[str, float]] = {}
+    names = {}
+    for engine, hits in found.items():
+        for hit in hits:
+            similar = engine in DESCRIBED_BY
+            scores.setdefault(hit.image_id, {})[engine] = round(1.0 - hit.score if similar else hit.score, 4)
+            names.setdefault(hit.image_id, hit.file_name)
+    described = [
+        TextHit(i, names[i], max(s for e, s in engines.items() if e in DESCRIBED_BY), engines)
+        for i, engines in scores.items()
+        if any(e in DESCRIBED_BY for e in engines)
+    ]
+    described.sort(key=lambda hit: (-hit.similarity, hit.image_id))
+    return TextSearch(described[:k], found)

@@ -1,7 +1,11 @@
 """Bulk indexing of a folder: reader -> worker processes (decode + features) -> one batched writer.
 
-Each batch commits in one LMDB transaction, so an interrupted or killed run loses at most the batch
-in flight, and the next run skips every file already stored with the same size and mtime.
+Two passes: the fast engines' features first, so the library answers their searches as soon as
+possible, each image's slow engines (`Engine.slow`) owed to the store's backlog; then one pass per
+slow engine over what the backlog owes it (or none: `defer`, and the service's background pass makes
+them). Each batch commits in one LMDB transaction, so an interrupted or killed run loses at most the
+batch in flight; the next run skips every file already stored with the same size and mtime, and its
+second passes resume from the backlog.
 """
 
 import multiprocessing
@@ -9,15 +13,13 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import numpy as np
 
 from . import worker
 from .errors import LookalikeError
 from .library import Library, check_file_name
-from .store import ImageRecord
+from .store import ImageRecord, Pending
 
 IMAGE_SUFFIXES = set(".jpg .jpeg .jpe .png .webp .gif .bmp .tif .tiff .heic .heif .avif".split())
 BATCH_SIZE = 256
@@ -69,7 +71,12 @@ def plan(library: Library, root: Path) -> Plan:
     records = library.store.records()
     stored = {record.file_name: record for record in records if record.from_folder}
     added_by_api = {record.file_name: record.image_id for record in records if not record.from_folder}
-    complete = set.intersection(*(set(library.store.feature_ids(name).tolist()) for name in library.engines))
+    owed: dict[str, set[int]] = {name: set() for name in library.engines}
+    for pending in library.store.pending():
+        for name in set(pending.engines) & owed.keys():
+            owed[name].add(pending.image_id)
+    # An image the backlog owes a feature is complete there: the second pass makes it.
+    complete = set.intersection(*(set(library.store.feature_ids(n).tolist()) | owed[n] for n in library.engines))
     found = list(scan(root))
     used_ids = {record.image_id for record in records}
     numeric = {int(p.stem) for p, _ in found if p.stem.isdigit() and int(p.stem) < 2**63}
@@ -106,51 +113,107 @@ def run(
     library: Library,
     root: Path,
     workers: int | None = None,
-    on_start: Callable[[int], None] = lambda total: None,
+    on_start: Callable[[str, int], None] = lambda stage, total: None,
     on_done: Callable[[Job, str | None], None] = lambda job, error: None,
     checkpoint_seconds: float = 60.0,
+    defer: bool = False,
 ) -> Report:
-    """Index `root`; `on_done` is called once per job with an error message or None."""
+    """Index `root`: the fast pass, then a pass per slow engine (none with `defer`). `on_start` is
+    called as each pass starts, with its name ("fast engines", or the slow engine's) and its number of
+    images; `on_done` once per image of a pass, with an error message or None."""
     todo = plan(library, root)
     report = Report(unchanged=todo.unchanged, removed=len(todo.missing), failed=todo.failed, taken=todo.taken)
     if todo.missing:
         library.delete_many(todo.missing)
-    on_start(len(todo.jobs))
-    batch: list[tuple[ImageRecord, dict[str, np.ndarray]]] = []
-    last_commit = last_checkpoint = time.monotonic()
-
-    def commit() -> None:
-        nonlocal batch, last_commit
-        if batch:
-            library.add_many(batch)
-            report.indexed += len(batch)
-            batch = []
-        last_commit = time.monotonic()
-
+    slow = tuple(library.slow_engines) if len(library.slow_engines) < len(library.engines) else ()
+    fast = [name for name in library.engines if name not in slow]
     library.prepare()  # a model is exported (or downloaded) once here, not by every worker at once
     context = multiprocessing.get_context("spawn")  # no fork of a process holding FAISS/OpenMP threads
     engines = {name: (type(engine), engine.options) for name, engine in library.engines.items()}
     start_args = (engines, library.max_pixels, os.getpid())
     with ProcessPoolExecutor(workers or os.cpu_count(), context, worker.start, start_args) as pool:
+        writer = _Writer(library, checkpoint_seconds, slow)
         try:
-            paths = [job.path for job in todo.jobs]
-            chunks = [paths[start : start + MODEL_BATCH] for start in range(0, len(paths), MODEL_BATCH)]
-            outcomes = (outcome for chunk in pool.map(worker.extract_batch, chunks) for outcome in chunk)
-            for job, outcome in zip(todo.jobs, outcomes):
+            on_start("fast engines" if slow else "all engines", len(todo.jobs))
+            for job, outcome in _extracted(pool, todo.jobs, fast):
                 if isinstance(outcome, str):
                     report.failed.append((job.path, outcome))
-                    on_done(job, outcome)
-                    continue
-                record = ImageRecord(job.image_id, str(job.path), job.size, job.mtime_ns, outcome.digest)
-                batch.append((record, outcome.features))
-                on_done(job, None)
-                if len(batch) >= BATCH_SIZE or time.monotonic() - last_commit > BATCH_SECONDS:
-                    commit()
-                if time.monotonic() - last_checkpoint > checkpoint_seconds:
-                    library.checkpoint()
-                    last_checkpoint = time.monotonic()
+                else:
+                    record = ImageRecord(job.image_id, str(job.path), job.size, job.mtime_ns, outcome.digest)
+                    writer.add((record, outcome.features))
+                    report.indexed += 1
+                on_done(job, outcome if isinstance(outcome, str) else None)
+            writer.commit()
+            for name in () if defer else slow:
+                owed = _owed_by_files(library, name)
+                on_start(name, len(owed))
+                for job, outcome in _extracted(pool, list(owed), [name]):
+                    if isinstance(outcome, str):  # it cannot make this feature: the image stays without it
+                        writer.complete((owed[job], {}))
+                    elif outcome.digest == owed[job].digest:  # else changed since: the next run redoes it whole
+                        writer.complete((owed[job], outcome.features))
+                    on_done(job, outcome if isinstance(outcome, str) else None)
+                writer.commit()
         finally:
             # Interrupted or not, what was extracted is complete: keep it.
             pool.shutdown(cancel_futures=True)
-            commit()
+            writer.commit()
     return report
+
+
+def _extracted(pool: ProcessPoolExecutor, jobs: list[Job], engines: list[str]) -> Iterator[tuple[Job, object]]:
+    """Each job with its `engines`' features (a worker.Extracted) or why they could not be made, in order."""
+    chunks = [[job.path for job in jobs[start : start + MODEL_BATCH]] for start in range(0, len(jobs), MODEL_BATCH)]
+    outcomes = (
+        outcome for chunk in pool.map(worker.extract_batch, chunks, [engines] * len(chunks)) for outcome in chunk
+    )
+    return zip(jobs, outcomes)
+
+
+def _owed_by_files(library: Library, engine: str) -> dict[Job, Pending]:
+    """The images made from files that the backlog owes `engine`'s feature, as jobs, each with what is
+    owed (uploads, whose bytes the backlog keeps, are the service's to make)."""
+    owed = {}
+    for pending in library.store.pending({engine}):
+        record = library.store.record(pending.image_id)
+        if record is not None and record.from_folder:
+            job = Job(Path(record.file_name), record.image_id, record.size, record.mtime_ns)
+            owed[job] = replace(pending, engines=(engine,))
+    return owed
+
+
+class _Writer:
+    """The one writer: batches of adds (the fast pass, each image owing the `deferred` engines'
+    features) or of owed features (a slow pass), each batch one transaction of BATCH_SIZE images or
+    BATCH_SECONDS, the indexes saved every `checkpoint_seconds`."""
+
+    def __init__(self, library: Library, checkpoint_seconds: float, deferred: tuple[str, ...]):
+        self.library = library
+        self.checkpoint_seconds = checkpoint_seconds
+        self.deferred = deferred
+        self._adds: list[tuple[ImageRecord, dict]] = []
+        self._owed: list[tuple[Pending, dict]] = []
+        self._last_commit = self._last_checkpoint = time.monotonic()
+
+    def add(self, item: tuple[ImageRecord, dict]) -> None:
+        self._adds.append(item)
+        self._maybe_commit()
+
+    def complete(self, item: tuple[Pending, dict]) -> None:
+        self._owed.append(item)
+        self._maybe_commit()
+
+    def commit(self) -> None:
+        if self._adds:
+            self.library.add_many(self._adds, self.deferred)
+        if self._owed:
+            self.library.complete(self._owed)
+        self._adds, self._owed = [], []
+        self._last_commit = time.monotonic()
+
+    def _maybe_commit(self) -> None:
+        if len(self._adds) + len(self._owed) >= BATCH_SIZE or time.monotonic() - self._last_commit > BATCH_SECONDS:
+            self.commit()
+        if time.monotonic() - self._last_checkpoint > self.checkpoint_seconds:
+            self.library.checkpoint()
+            self._last_checkpoint = time.monotonic()

@@ -6,7 +6,6 @@ store. Writes hold one lock across the store commit and the index update, so the
 always equal the committed store; CPU work (decoding, feature extraction) happens before that lock.
 """
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -20,10 +19,11 @@ from PIL import Image, ImageOps
 
 from .decode import DEFAULT_MAX_PIXELS, UNLIMITED, DecodeBudget
 from .engines import Engine, EngineOptions, TextSearchable, create_engine, decode_for, decode_for_engine
-from .errors import InvalidRequest, LookalikeError, NotFound
+from .errors import InvalidRequest, NotFound
 from .indexes import DEFAULT_NPROBE, Hit, IndexSetup, Matches, Measure, Training
 from .indexes.manager import IndexManager
-from .store import MAX_FILE_NAME_BYTES, MAX_IMAGE_ID, FeatureStore, ImageRecord
+from .locks import lock_data_dir
+from .store import MAX_FILE_NAME_BYTES, MAX_IMAGE_ID, FeatureStore, ImageRecord, Pending
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Library:
     ):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = _lock_data_dir(self.data_dir)
+        self._lock_file = lock_data_dir(self.data_dir)
         try:
             self.engines: dict[str, Engine] = {
                 name: create_engine(name, (engine_options or {}).get(name)) for name in engines
@@ -57,7 +57,7 @@ class Library:
             self.decode_budget = decode_budget
             # Extraction is CPU work: more at once than cores gains nothing, and each takes memory (SIFT's
             # pyramids of a 1024-px image, about 230 MB), so requests past the core count wait their turn.
-            self._extracting = threading.BoundedSemaphore(os.cpu_count() or 1)
+            self.extracting = threading.BoundedSemaphore(os.cpu_count() or 1)
             self._searching = ThreadPoolExecutor(max(1, len(self.engines)), thread_name_prefix="search")
             self.store = FeatureStore(self.data_dir / "store", {n: e.spec for n, e in self.engines.items()})
             self._write_lock = threading.Lock()
@@ -106,30 +106,57 @@ class Library:
     def extract(self, data: bytes, engines: list[str] | None = None) -> dict:
         engines = self._engine_names(engines)
         images = self.decode(data, engines)
-        with self._extracting:
+        with self.extracting:
             return {name: self.engines[name].extract(images[name]) for name in engines}
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def add(self, image_id: int, data: bytes, file_name: str = "", engines: list[str] | None = None) -> None:
-        """Add one image to `engines` (all by default): all of them or, on any error, none."""
+    def add(
+        self,
+        image_id: int,
+        data: bytes,
+        file_name: str = "",
+        engines: list[str] | None = None,
+        defer_slow: bool = False,
+    ) -> None:
+        """Add one image to `engines` (all by default): all of them or, on any error, none. With
+        `defer_slow`, the slow engines' features are owed to the backlog, made by the background pass
+        (`background.py`) from the bytes kept with it, and the others are searchable at once."""
         check_image_id(image_id)
         check_file_name(file_name)
-        features = self.extract(data, engines)
+        engines = self._engine_names(engines)
+        deferred = tuple(name for name in engines if self.engines[name].slow) if defer_slow else ()
+        if len(deferred) == len(engines):  # nothing fast would read the image now: it is checked at once
+            deferred = ()
+        features = self.extract(data, [name for name in engines if name not in deferred])
         record = ImageRecord(image_id, file_name, digest=hashlib.sha256(data).digest())
         with self._write_lock:
-            self.store.add(record, features)
+            self.store.add(record, features, deferred, data)
             for name, feature in features.items():
                 self.indexes[name].add([image_id], [feature])
 
-    def add_many(self, items: list[tuple[ImageRecord, dict]]) -> None:
-        """Add or replace a batch in one transaction; the bulk indexer's unit of progress."""
+    @property
+    def slow_engines(self) -> list[str]:
+        return [name for name, engine in self.engines.items() if engine.slow]
+
+    def add_many(self, items: list[tuple[ImageRecord, dict]], deferred: tuple[str, ...] = ()) -> None:
+        """Add or replace a batch in one transaction, the `deferred` engines' features owed to the
+        backlog (made from each record's file); the bulk indexer's unit of progress."""
         with self._write_lock:
-            replaced = self.store.add_many(items)
+            replaced = self.store.add_many(items, deferred)
             for name, index in self.indexes.items():
                 if replaced:  # a remove walks the whole index: only for files that changed
                     index.remove(replaced)
                 rows = [(r.image_id, f[name]) for r, f in items if name in f]
+                if rows:
+                    index.add([i for i, _ in rows], [f for _, f in rows])
+
+    def complete(self, items: list[tuple[Pending, dict]]) -> None:
+        """Write features the backlog owed (`FeatureStore.complete`) and index them."""
+        with self._write_lock:
+            written = self.store.complete(items)
+            for name, index in self.indexes.items():
+                rows = [(image_id, made[name]) for image_id, made in written.items() if name in made]
                 if rows:
                     index.add([i for i, _ in rows], [f for _, f in rows])
 
@@ -188,7 +215,7 @@ class Library:
         """Stored images like an uploaded one; `mirrored` also searches with its mirror image."""
         self._engine_names([engine])
         image = decode_for_engine(self.engines[engine], data, self.max_pixels, self.decode_budget)
-        with self._extracting:
+        with self.extracting:
             variants = self.engines[engine].query_variants(image, mirrored)
         if expansion:
             variants = [self._expanded(engine, variant, expansion) for variant in variants]
@@ -216,7 +243,7 @@ class Library:
         engines = self._engine_names(list(images))
 
         def search(name: str) -> list[Hit]:
-            with self._extracting:
+            with self.extracting:
                 variants = self.engines[name].query_variants(images[name])
             return self._search(name, variants, k, None)
 
@@ -226,7 +253,7 @@ class Library:
         """A points engine's matches between the mirror image of an uploaded one (as `decode` gave it
         to the engine) and each of the stored `image_ids`: what its index, searching with the image as
         it is, cannot find."""
-        with self._extracting:
+        with self.extracting:
             variants = self.engine(engine).query_variants(ImageOps.mirror(image))
         return self.verified_matches(engine, variants, image_ids)
 
@@ -255,13 +282,15 @@ class Library:
         """`engine`'s feature of an uploaded image, which is not stored."""
         extractor = self.engine(engine)
         image = decode_for_engine(extractor, data, self.max_pixels, self.decode_budget)
-        with self._extracting:
+        with self.extracting:
             return extractor.extract(image)
 
     def feature_of_id(self, engine: str, image_id: int):
         """`engine`'s stored feature of an image."""
         check_image_id(image_id)
         feature = self.store.feature(self.engine(engine).name, image_id)
+        if feature is None and engine in self.store.pending_of([image_id]).get(image_id, ()):
+            raise NotFound(f"image {image_id} has no {engine} feature yet: the background pass makes it (GET /jobs)")
         if feature is None:
             raise NotFound(f"image {image_id} is not in the {engine} engine")
         return feature
@@ -321,6 +350,7 @@ class Library:
     def stats(self) -> dict:
         return {
             "images": self.store.count(),
+            "backlog": self.store.backlog(),
             "store_bytes": self.store.disk_bytes(),
             "engines": {name: self.indexes.stats(name) for name in self.engines},
         }
@@ -365,19 +395,3 @@ def check_file_name(file_name: str) -> None:
         raise InvalidRequest("file_name must be valid Unicode text (it holds a lone surrogate)") from None
     if size > MAX_FILE_NAME_BYTES:
         raise InvalidRequest(f"file_name is {size} bytes in UTF-8; the limit is {MAX_FILE_NAME_BYTES}")
-
-
-def _lock_data_dir(data_dir: Path):
-    """One process at a time owns a data directory: another's writes would not reach our indexes."""
-    lock_file = open(data_dir / "lock", "a+")
-    try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock_file.seek(0)
-        owner = lock_file.read().strip() or "another process"
-        lock_file.close()
-        raise LookalikeError(f"{data_dir} is in use by lookalike process {owner}; stop it first") from None
-    lock_file.truncate(0)
-    lock_file.write(str(os.getpid()))
-    lock_file.flush()
-    return lock_file

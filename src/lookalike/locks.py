@@ -1,8 +1,14 @@
-"""A shared/exclusive (readers-writer) lock that lets a waiting writer in before new readers."""
+"""A shared/exclusive (readers-writer) lock that lets a waiting writer in before new readers, and the
+lock that makes one process at a time the owner of a data directory."""
 
+import fcntl
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import LookalikeError
 
 
 class SharedExclusiveLock:
@@ -46,3 +52,19 @@ class SharedExclusiveLock:
             with self._condition:
                 self._writing = False
                 self._condition.notify_all()
+
+
+def lock_data_dir(data_dir: Path):
+    """One process at a time owns a data directory: another's writes would not reach our indexes."""
+    lock_file = open(data_dir / "lock", "a+")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        owner = lock_file.read().strip() or "another process"
+        lock_file.close()
+        raise LookalikeError(f"{data_dir} is in use by lookalike process {owner}; stop it first") from None
+    lock_file.truncate(0)
+    lock_file.write(str(os.getpid()))
+    lock_file.flush()
+    return lock_file

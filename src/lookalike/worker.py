@@ -41,14 +41,15 @@ class Extracted:
     features: dict  # engine name -> feature
 
 
-def extract_batch(paths: list[Path]) -> list[Extracted | str]:
-    """Each file's features in every engine, or why it could not be read. Neural engines run the
-    decoded images through their model as one batch."""
-    outcomes: list[tuple[bytes, dict] | str] = [_decode(path) for path in paths]
+def extract_batch(paths: list[Path], engines: list[str]) -> list[Extracted | str]:
+    """Each file's features in `engines`, or why it could not be read. Neural engines run the decoded
+    images through their model as one batch."""
+    chosen = {name: _engines[name] for name in engines}
+    outcomes: list[tuple[bytes, dict] | str] = [_decode(path, chosen) for path in paths]
     decoded = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, str)]
     try:
         features = (
-            {name: engine.extract_many([outcomes[i][1][name] for i in decoded]) for name, engine in _engines.items()}
+            {name: engine.extract_many([outcomes[i][1][name] for i in decoded]) for name, engine in chosen.items()}
             if decoded
             else {}
         )
@@ -56,21 +57,21 @@ def extract_batch(paths: list[Path]) -> list[Extracted | str]:
             outcomes[i] = Extracted(outcomes[i][0], {name: found[position] for name, found in features.items()})
     except LookalikeError:  # one image spoiled the batch: only it should fail
         for i in decoded:
-            outcomes[i] = _extract_one(*outcomes[i])
+            outcomes[i] = _extract_one(chosen, *outcomes[i])
     return outcomes
 
 
-def _extract_one(digest: bytes, images: dict) -> Extracted | str:
+def _extract_one(engines: dict[str, Engine], digest: bytes, images: dict) -> Extracted | str:
     try:
-        return Extracted(digest, {name: engine.extract(images[name]) for name, engine in _engines.items()})
+        return Extracted(digest, {name: engine.extract(images[name]) for name, engine in engines.items()})
     except LookalikeError as exc:
         return exc.message
 
 
-def _decode(path: Path) -> tuple[bytes, dict] | str:
+def _decode(path: Path, engines: dict[str, Engine]) -> tuple[bytes, dict] | str:
     try:
         data = path.read_bytes()
-        return hashlib.sha256(data).digest(), decode_for(_engines.values(), data, _max_pixels)
+        return hashlib.sha256(data).digest(), decode_for(engines.values(), data, _max_pixels)
     except LookalikeError as exc:
         return exc.message
     except OSError as exc:

@@ -6,6 +6,8 @@ from PIL import Image
 
 from ..decode import DEFAULT_MAX_PIXELS, UNLIMITED, DecodeBudget, decode_views
 from .base import Engine, EngineOptions, TextSearchable
+from .caption_embedding import CaptionEmbedding
+from .captions import Captions
 from .color import ColorHistogram
 from .global_features import GlobalFeatures
 from .image_text import ImageText
@@ -22,6 +24,8 @@ ENGINES: dict[str, type[Engine]] = {
     ImageText.name: ImageText,
     Tags.name: Tags,
     Text.name: Text,
+    Captions.name: Captions,
+    CaptionEmbedding.name: CaptionEmbedding,
 }
 
 

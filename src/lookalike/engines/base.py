@@ -46,6 +46,9 @@ class Engine(ABC):
     duplicate_threshold: float
     # Served unless the settings name the engines to serve.
     enabled_by_default: ClassVar[bool] = True
+    # Seconds a photo rather than milliseconds: where a library is built in two passes (`lookalike
+    # index`, an add with defer_slow), its features are made in the second, the background pass.
+    slow: ClassVar[bool] = False
 
     def __init__(self, options: EngineOptions | None = None):
         self.options = options or self.Options()

@@ -52,6 +52,7 @@ class LocalOptions(EngineOptions):
 
 class LocalFeatures(Engine):
     name = "local"
+    slow = True
     Options = LocalOptions
     decode_side = WORKING_SIDE * 3 // 4
 

@@ -40,6 +40,7 @@ class TextOptions(EngineOptions):
 
 class Text(Engine, TextSearchable):
     name = "text"
+    slow = True
     Options = TextOptions
     # Recognition cuts its crops from this image (its smaller side), not from the detector's smaller one.
     decode_side = 1024

@@ -6,12 +6,17 @@ without internet, `lookalike models install NAME --from DIR`)."""
 
 import os
 import shutil
+import threading
+import weakref
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+
+from PIL import Image
 
 from ..errors import ModelUnavailable
 from .captioning import SETTINGS_FILE, Captioner, export_captioner
-from .download import RemoteWeights, fetch_weights, locked
+from .download import RemoteWeights, described, fetch_weights, is_verified, locked
 from .runtime import quietly
 
 
@@ -21,6 +26,7 @@ class CaptionWeights:
     its tokenizer.json, in one folder of the models directory."""
 
     name: str
+    side: int  # the square its encoder sees an image squashed to
     checkpoint: RemoteWeights  # pytorch_model.bin
     config: RemoteWeights
     tokenizer: RemoteWeights
@@ -44,7 +50,7 @@ CAPTION_MODELS = {
     weights.name: weights
     for weights in [
         CaptionWeights(
-            "blip-base",
+            "blip-base", 384,
             RemoteWeights(
                 "blip-base weights", f"{_BLIP_BASE}/pytorch_model.bin",
                 "d6638651a5526cc2ede56f2b5104d6851b0755816d220e5e046870430180c767",
@@ -69,11 +75,58 @@ def load_captioner(weights: CaptionWeights, models_dir: Path, progress: bool = T
     models_dir = Path(models_dir)
     folder = models_dir / f"{weights.name}-{weights.checkpoint.sha256[:12]}"
     if not (folder / SETTINGS_FILE).exists():
-        paths = [fetch_weights(file, models_dir, progress) for file in weights.files]  # before the lock
+        paths = _fetched(weights, models_dir, progress)  # before the lock
         with locked(models_dir / ".lock"):
             if not (folder / SETTINGS_FILE).exists():  # another process exported it while we waited
                 _export(paths[0].parent, paths[2], folder)
     return Captioner(folder)
+
+
+def _fetched(weights: CaptionWeights, models_dir: Path, progress: bool) -> list[Path]:
+    """The model's files, verified (downloaded where missing); where that fails, the error names every
+    file still missing, and how to install them from a folder."""
+    try:
+        return [fetch_weights(file, models_dir, progress) for file in weights.files]
+    except ModelUnavailable as exc:
+        missing = [file for file in weights.files if not is_verified(models_dir / file.filename, file.sha256)]
+        raise ModelUnavailable(
+            f"caption model {weights.name!r} is not installed, and it could not be downloaded. Download its "
+            f"{len(missing)} missing file(s) on a machine that can: {'; '.join(map(described, missing))}; copy "
+            f"them into a folder DIR here and run `lookalike models install {weights.name} --from DIR`. "
+            f"(The download said: {exc.message})"
+        ) from exc
+
+
+class SharedCaptions:
+    """One captioner for a library's engines: the captions engine and the caption embedding engine
+    caption the same decoded image (one after the other, or side by side), so the first runs the model
+    and the other reuses its captions, remembered for as long as the image objects themselves live.
+    The model runs outside the lock: threads captioning other images run side by side."""
+
+    def __init__(self, captioner: Captioner):
+        self.captioner = captioner
+        self._remembered: list[tuple[weakref.ref, str]] = []
+        self._lock = threading.Lock()
+
+    def caption(self, images: list[Image.Image]) -> list[str]:
+        known = [self._recall(image) for image in images]
+        missing = [image for image, text in zip(images, known) if text is None]
+        made = self.captioner.caption(missing) if missing else []
+        fresh = iter(made)
+        with self._lock:
+            alive = [(ref, text) for ref, text in self._remembered if ref() is not None]
+            self._remembered = alive + [(weakref.ref(image), text) for image, text in zip(missing, made)]
+        return [text if text is not None else next(fresh) for text in known]
+
+    def _recall(self, image: Image.Image) -> str | None:
+        with self._lock:
+            return next((text for ref, text in self._remembered if ref() is image), None)
+
+
+@cache
+def shared_captioner(name: str, models_dir: Path) -> SharedCaptions:
+    """The caption model called `name`, loaded (downloaded and exported first, where needed) once per process."""
+    return SharedCaptions(load_captioner(CAPTION_MODELS[name], Path(models_dir)))
 
 
 def _export(saved: Path, tokenizer: Path, folder: Path) -> None:

@@ -229,8 +229,7 @@ class Captioner:
         (hidden,) = self._encoder.run(None, {"pixel_values": pixel_values.astype(np.float32)})
         if beams == 1:
             return _greedy(self, hidden, max_new_tokens, no_repeat_ngram)
-        # Image by image, the image's beams batched: transformers' beam search, length penalty 1, no early stop.
-        return [_beams_of(self, hidden[i : i + 1], beams, max_new_tokens, no_repeat_ngram) for i in range(len(hidden))]
+        return _beam_search(self, hidden, beams, max_new_tokens, no_repeat_ngram)
 
     def step(self, tokens: np.ndarray, hidden: np.ndarray, past: list[np.ndarray] | None) -> tuple:
         """The next token's logits for each row of `tokens` (all decoded but the last already in
@@ -262,37 +261,50 @@ def _greedy(captioner: Captioner, hidden, max_new_tokens: int, no_repeat_ngram: 
     return [_until_end(row, settings.end_id) for row in tokens]
 
 
-def _beams_of(captioner: Captioner, hidden, beams: int, max_new_tokens: int, no_repeat_ngram: int) -> list[int]:
+def _beam_search(captioner: Captioner, hidden, beams: int, max_new_tokens: int, no_repeat_ngram: int) -> list:
+    """transformers' beam search (length penalty 1, its early-stop heuristic), every image's beams in one
+    batch through the decoder; an image whose search is over leaves the batch."""
     settings = captioner.settings
+    images = np.arange(len(hidden))  # those still searching, in the batch's order
     hidden = np.repeat(hidden, beams, axis=0)
-    running = np.full((beams, 1), settings.start_id, np.int64)
-    running_scores = np.array([0.0] + [UNREACHABLE] * (beams - 1), np.float32)
-    finished: list[tuple[float, np.ndarray]] = []  # (score per token, tokens): the best `beams` so far
-    improvable = True
+    running = np.full((len(hidden), 1), settings.start_id, np.int64)
+    running_scores = np.tile(np.array([0.0] + [UNREACHABLE] * (beams - 1), np.float32), len(images))
+    finished: list[list[tuple[float, np.ndarray]]] = [[] for _ in images]  # each image's best `beams` so far
+    found: list[list[int]] = [[] for _ in images]
     past = None
-    keep = 2 * beams
     for step in range(max_new_tokens):
         logits, past = captioner.step(running, hidden, past)
+        vocabulary = logits.shape[1]
         log_probs = _no_repeats(_log_softmax(logits), running, no_repeat_ngram) + running_scores[:, None]
-        flat = log_probs.ravel()
-        best = np.argsort(-flat, kind="stable")[:keep]
-        origin, token = np.divmod(best, logits.shape[1])
-        scores = flat[best]
+        flat = log_probs.reshape(len(images), beams * vocabulary)
+        best = np.argsort(-flat, axis=1, kind="stable")[:, : 2 * beams]
+        origin, token = np.divmod(best, vocabulary)
+        rows = origin + beams * np.arange(len(images))[:, None]  # each candidate's row in the batch
+        scores = np.take_along_axis(flat, best, axis=1)
         ends = (token == settings.end_id) | (step + 1 == max_new_tokens)
-        candidates = np.concatenate([running[origin], token[:, None]], axis=1)
-        length = candidates.shape[1] - 1  # without the start token, as transformers counts it
-        if improvable:
-            for rank in np.flatnonzero(ends[:beams]):
-                finished.append((float(scores[rank]) / length, candidates[rank]))
-            finished = sorted(finished, key=lambda done: -done[0])[:beams]
-        going = np.argsort(-(scores + ends * UNREACHABLE), kind="stable")[:beams]
-        running, running_scores = candidates[going], (scores + ends * UNREACHABLE)[going].astype(np.float32)
-        past = [layer[origin[going]] for layer in past]
-        if len(finished) == beams and running_scores[0] / length <= finished[-1][0]:
-            improvable = False
-        if not improvable or ends.all():
+        candidates = np.concatenate([running[rows], token[..., None]], axis=2)
+        length = candidates.shape[2] - 1  # without the start token, as transformers counts it
+        going = np.argsort(-(scores + ends * UNREACHABLE), axis=1, kind="stable")[:, :beams]
+        going_scores = np.take_along_axis(scores + ends * UNREACHABLE, going, axis=1).astype(np.float32)
+        searching = []
+        for position, image in enumerate(images):
+            done = finished[image]
+            done += [(float(scores[position, rank]) / length, candidates[position, rank]) for rank in
+                     np.flatnonzero(ends[position, :beams])]  # fmt: skip
+            finished[image] = done = sorted(done, key=lambda hypothesis: -hypothesis[0])[:beams]
+            if (len(done) == beams and going_scores[position, 0] / length <= done[-1][0]) or ends[position].all():
+                found[image] = _until_end(done[0][1], settings.end_id)
+            else:
+                searching.append(position)
+        if not searching:
             break
-    return _until_end(finished[0][1], settings.end_id)
+        kept = np.concatenate([rows[position, going[position]] for position in searching])
+        running = np.concatenate([candidates[position, going[position]] for position in searching])
+        running_scores = going_scores[searching].ravel()
+        past = [layer[kept] for layer in past]
+        hidden = hidden[kept]
+        images = images[searching]
+    return found
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -158,6 +158,12 @@ def _unavailable(weights: RemoteWeights, path: Path, reason: str) -> ModelUnavai
     )
 
 
+def described(weights: RemoteWeights) -> str:
+    """A file as a person fetching it by hand needs it described: name, size, sha256, where from."""
+    size = f"{weights.size:,} bytes" if weights.size else "size not published"
+    return f"{Path(weights.filename).name} ({size}, sha256 {weights.sha256}, from {weights.url})"
+
+
 def _sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as file:

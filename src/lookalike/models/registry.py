@@ -6,7 +6,7 @@ from pathlib import Path
 from ..errors import InvalidRequest, ModelUnavailable
 from .captioners import CAPTION_MODELS
 from .clip import CLIP_MODELS
-from .download import RemoteWeights, install_file, is_verified
+from .download import RemoteWeights, described, install_file, is_verified
 from .ocr import DIRECTION, OCR_MODELS, shipped_file
 from .places import PLACES365
 
@@ -52,15 +52,10 @@ def install_model(name: str, folder: Path, models_dir: Path) -> list[Path]:
     found = {weights: _find(weights, folder) for weights in wanted}
     missing = [weights for weights, source in found.items() if source is None]
     if missing:
-        files = "; ".join(map(_described, missing))
+        files = "; ".join(map(described, missing))
         raise ModelUnavailable(f"{folder} lacks {len(missing)} of model {name!r}'s files: {files}")
     return [install_file(weights, source, models_dir) for weights, source in found.items()]
 
 
 def _find(weights: RemoteWeights, folder: Path) -> Path | None:
     return next((folder / name for name in weights.looked_for() if (folder / name).is_file()), None)
-
-
-def _described(weights: RemoteWeights) -> str:
-    size = f"{weights.size:,} bytes" if weights.size else "size not published"
-    return f"{Path(weights.filename).name} ({size}, sha256 {weights.sha256}, from {weights.url})"

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from ..background import BackgroundPass
 from ..config import Settings
 from ..decode import return_large_blocks_to_the_os
 from ..engines import ENGINES
@@ -34,10 +35,13 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
         app.state.library = library or Library.from_settings(settings)
         await run_in_threadpool(app.state.library.prepare)  # models load before the first request, not during it
         saver = asyncio.create_task(_checkpoint_every(app.state.library, settings.checkpoint_seconds))
+        app.state.background = BackgroundPass(app.state.library)
+        app.state.background.start()  # the backlog a crash, a restart or `index --defer` left resumes now
         try:
             yield
         finally:
             saver.cancel()
+            await run_in_threadpool(app.state.background.stop)
             await run_in_threadpool(app.state.library.close)
 
     app = FastAPI(

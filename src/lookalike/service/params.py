@@ -123,9 +123,29 @@ class SimilarToText(SearchParams, JsonBody):
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARACTERS)
 
 
+class TextSearchBody(JsonBody):
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARACTERS)
+    k: int = Field(20, ge=1, le=MAX_K, description="The k best described photos.")
+
+
+class TextHitOut(BaseModel):
+    image_id: int
+    file_name: str
+    similarity: float = Field(description="The best of image_text's and caption_embedding's cosine similarity.")
+    engines: dict[str, float] = Field(
+        description="Each engine that listed it: a similarity (image_text, caption_embedding, tags) or the "
+        "relevance of the words found (text: words read in the photo; captions: words of its caption)."
+    )
+
+
 class AddForm(BaseModel):
     image_id: ImageId
     file_name: str | None = Field(None, max_length=MAX_FILE_NAME_BYTES, description="Name to find the image by.")
+    defer_slow: bool = Field(
+        False,
+        description="Answer once the fast engines have the image; the slow ones (local features, OCR text, "
+        "captions) make theirs in the background from the bytes kept meanwhile (GET /jobs shows the backlog).",
+    )
 
 
 class DeleteRequest(JsonBody):
@@ -182,6 +202,11 @@ class FusedHitOut(BaseModel):
     evidence: dict[str, EvidenceOut] = Field(description="Each engine that listed it, by engine name.")
 
 
+class TextSearchOut(BaseModel):
+    hits: list[TextHitOut] = Field(description="The photos the text describes, best first.")
+    found: dict[str, list[HitOut]] = Field(description="Each text engine's own list, best first.")
+
+
 class FusedSearchOut(BaseModel):
     verdict: Verdict = Field(description="The best hit's: is this image already here, and how.")
     hits: list[FusedHitOut]
@@ -228,6 +253,12 @@ class Added(BaseModel):
 class Deleted(BaseModel):
     image_id: int
     deleted_from: list[str] = Field(description="The engines it was deleted from.")
+
+
+class Job(BaseModel):
+    backlog: int = Field(description="Images still without this engine's feature.")
+    per_second: float = Field(description="Features made per second over the last two minutes.")
+    eta_seconds: int | None = Field(description="Seconds until the backlog is empty at that rate.")
 
 
 class ErrorOut(BaseModel):

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Upload
 from ..duplicates import duplicate_groups
 from ..errors import ImageTooLarge, InvalidRequest
 from ..fusion import Verdict
-from ..gateway import ReverseSearch, reverse_search
+from ..gateway import ReverseSearch, reverse_search, text_search
 from ..indexes import Hit
 from ..library import Library
 from ..store import MAX_FILE_NAME_BYTES, MAX_IMAGE_ID
@@ -32,9 +32,12 @@ from .params import (
     FusedSearchParams,
     HitOut,
     ImageSearchParams,
+    Job,
     SearchParams,
     SimilarToText,
     TextLineOut,
+    TextSearchBody,
+    TextSearchOut,
 )
 
 router = APIRouter(dependencies=[Depends(can_read)])
@@ -68,7 +71,9 @@ def hits_out(hits: list[Hit]) -> list[dict]:
 
 def add(request: Request, engines: list[str] | None, image: UploadFile, form: AddForm) -> Added:
     # Only an explicit file_name names the image: uploads from browsers are all called "blob".
-    library_of(request).add(form.image_id, read_upload(request, image), form.file_name or "", engines)
+    library_of(request).add(form.image_id, read_upload(request, image), form.file_name or "", engines, form.defer_slow)
+    if form.defer_slow:
+        request.app.state.background.wake()
     return Added(image_id=form.image_id)
 
 
@@ -123,6 +128,15 @@ def search_everywhere(
     return fused_out(reverse_search(library_of(request), read_upload(request, image), params.k))
 
 
+@router.post("/search_text", tags=["all engines"], response_model_exclude_none=True, responses=STORED_SEARCH_ERRORS)
+def search_text_everywhere(request: Request, body: TextSearchBody) -> TextSearchOut:
+    """Photos a text describes ("a dog on a beach"), by the better of the image-text engine's similarity
+    and their caption's (where the caption engines are on), with every text engine's own list: tags
+    named, words read in the photo (text), words of its caption (captions)."""
+    found = text_search(library_of(request), body.text, body.k)
+    return {"hits": [hit.as_dict() for hit in found.hits], "found": {e: hits_out(h) for e, h in found.found.items()}}
+
+
 def fused_out(found: ReverseSearch) -> dict:
     return {"verdict": found.verdict, "hits": [hit.as_dict() for hit in found.hits]}
 
@@ -145,6 +159,14 @@ def duplicates(
 @router.get("/stats", tags=["service"], responses=READ_ERRORS)
 def stats(request: Request):
     return library_of(request).stats()
+
+
+@router.get("/jobs", tags=["service"], responses=READ_ERRORS)
+def jobs(request: Request) -> dict[str, Job]:
+    """The background pass: each slow engine's backlog (images added with defer_slow, or indexed with
+    `lookalike index --defer`, still without its feature), features made per second over the last two
+    minutes, and the seconds left at that rate."""
+    return request.app.state.background.jobs()
 
 
 @health_router.get("/health", tags=["service"])
@@ -235,3 +257,18 @@ def image_text_lines(request: Request, image: ImageFile) -> list[TextLineOut]:
 def stored_text(request: Request, image_id: ImageIdPath) -> list[TextLineOut]:
     """The lines of text read in a stored image, with where each is."""
     return TextLineOut.of(library_of(request).feature_of_id("text", image_id))
+
+
+# -- captions ------------------------------------------------------------------------------------
+
+
+@router.post("/get_image_caption", tags=["captions"], responses=IMAGE_SEARCH_ERRORS)
+def image_caption(request: Request, image: ImageFile) -> str:
+    """A caption of an uploaded image (not stored), as the original service answered: the sentence."""
+    return library_of(request).feature_of_image("captions", read_upload(request, image)).text
+
+
+@router.get("/images/{image_id}/caption", tags=["captions"], responses=STORED_SEARCH_ERRORS)
+def stored_caption(request: Request, image_id: ImageIdPath) -> str:
+    """The caption of a stored image (404 while the background pass has not written it yet)."""
+    return library_of(request).feature_of_id("captions", image_id).text

@@ -8,19 +8,16 @@ Layout (keys are 8-byte big-endian image ids unless noted):
     contents     SHA-256 + id -> nothing: the images with given bytes, found by a range read
     f:<engine>   id -> the engine's raw feature bytes
     j:<engine>   sequence number -> id touched; FAISS indexes replay it to catch up after a crash
+    backlog, held  the slow engines' features still owed (`backlog.py`)
 
-One LMDB write transaction covers an image's record and its features in every engine, so an add or
-delete is all or nothing, and the journal entry commits with the change it describes.
+One LMDB write transaction covers an image's record and its features in every engine (and its backlog
+entry), so an add or delete is all or nothing, and the journal entry commits with the change it describes.
 """
 
-import hashlib
-import json
 import shutil
-import struct
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from itertools import groupby, takewhile
 from pathlib import Path
 from typing import TypeVar
@@ -28,48 +25,16 @@ from typing import TypeVar
 import lmdb
 import numpy as np
 
-from .errors import Conflict, NotFound, StorageFull, StoreVersionError
-from .features import FeatureSpec
-from .locks import SharedExclusiveLock
+from ..errors import Conflict, NotFound, StorageFull
+from ..features import FeatureSpec
+from ..locks import SharedExclusiveLock
+from .backlog import Backlog, Pending
+from .records import ImageRecord, id_key, key_id, name_key
+from .schema import check_schema
 
-SCHEMA_VERSION = 1
-MAX_IMAGE_ID = 2**63 - 1  # FAISS ids are signed 64-bit
-MAX_FILE_NAME_BYTES = 4096  # a path's limit on Linux; longer names are keyed by digest all the same
 _INITIAL_MAP_SIZE = 1 << 30
-_RECORD = struct.Struct(">Qq")  # file size, mtime_ns
-_MAX_NAME_KEY = 480  # LMDB's keys end at 511 bytes
 _FULL_DISK_BYTES = 64 * 2**20
 T = TypeVar("T")
-
-
-def id_key(image_id: int) -> bytes:
-    return image_id.to_bytes(8, "big")
-
-
-def key_id(key: bytes) -> int:
-    return int.from_bytes(key, "big")
-
-
-def name_key(file_name: str) -> bytes:
-    """A file name's key in `names`: the name itself, or past LMDB's key limit (511 bytes) a digest of
-    it, marked by a first byte no UTF-8 text starts with."""
-    encoded = file_name.encode()
-    return encoded if len(encoded) <= _MAX_NAME_KEY else b"\xff" + hashlib.sha256(encoded).digest()
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    image_id: int
-    file_name: str
-    size: int = 0
-    mtime_ns: int = 0
-    digest: bytes = b""  # SHA-256 of the bytes it was made from: the same bytes are the same image
-
-    @property
-    def from_folder(self) -> bool:
-        """Made by `lookalike index`, which records its file's size and mtime. An image added through the
-        API has neither (size 0: no image is zero bytes), and `index` leaves it alone."""
-        return self.size > 0
 
 
 class FeatureStore:
@@ -77,7 +42,7 @@ class FeatureStore:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.specs = specs
-        self._env = lmdb.open(str(path), map_size=_INITIAL_MAP_SIZE, max_dbs=6 + 2 * len(specs))
+        self._env = lmdb.open(str(path), map_size=_INITIAL_MAP_SIZE, max_dbs=8 + 2 * len(specs))
         if self._env.info()["map_size"] < _INITIAL_MAP_SIZE:
             self._env.set_mapsize(_INITIAL_MAP_SIZE)
         self._meta = self._env.open_db(b"meta")
@@ -87,16 +52,24 @@ class FeatureStore:
         self._contents = self._env.open_db(b"contents")
         self._features = {name: self._env.open_db(f"f:{name}".encode()) for name in specs}
         self._journals = {name: self._env.open_db(f"j:{name}".encode()) for name in specs}
+        self._backlog = Backlog(self._env)
         self._resizing = SharedExclusiveLock()
-        self.uuid = self._write(self._check_version)
+        self.uuid = self._write(lambda txn: check_schema(txn, self._meta, specs))
 
     def close(self) -> None:
         self._env.close()
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def add(self, record: ImageRecord, features: dict[str, np.ndarray]) -> None:
-        """Store `record` and its features in one transaction.
+    def add(
+        self,
+        record: ImageRecord,
+        features: dict[str, np.ndarray],
+        deferred: tuple[str, ...] = (),
+        data: bytes | None = None,
+    ) -> None:
+        """Store `record` and its features in one transaction, with the `deferred` engines' owed to the
+        backlog (made later from `data`, the image's bytes).
 
         An image may gain engines one call at a time; an id that already holds a feature of one of
         these engines, or already has another file name, or a file name owned by another id, is a Conflict.
@@ -121,11 +94,16 @@ class FeatureStore:
                     name, digest = record.file_name or existing.file_name, existing.digest or record.digest
                     self._put_record(txn, replace(record, file_name=name, digest=digest))
             self._put_features(txn, record.image_id, features)
+            if deferred:
+                self._backlog.put(txn, Pending(record.image_id, record.digest, deferred), data)
 
         self._write(add)
 
-    def add_many(self, items: list[tuple[ImageRecord, dict[str, np.ndarray]]]) -> list[int]:
-        """Replace-or-add a batch in one transaction (the bulk indexer's unit); returns the replaced ids."""
+    def add_many(
+        self, items: list[tuple[ImageRecord, dict[str, np.ndarray]]], deferred: tuple[str, ...] = ()
+    ) -> list[int]:
+        """Replace-or-add a batch in one transaction (the bulk indexer's unit), each image owing the
+        `deferred` engines' features to the backlog (made later from its file); returns the replaced ids."""
 
         def add_all(txn: lmdb.Transaction) -> list[int]:
             replaced = []
@@ -135,12 +113,34 @@ class FeatureStore:
                     self._delete(txn, record.image_id, list(self.specs))
                 self._put_record(txn, record)
                 self._put_features(txn, record.image_id, features)
+                if deferred:
+                    self._backlog.put(txn, Pending(record.image_id, record.digest, deferred), None)
             return replaced
 
         return self._write(add_all)
 
+    def complete(self, items: list[tuple[Pending, dict]]) -> dict[int, dict]:
+        """Write what the backlog owed, in one transaction: for each pending image, as read, with the
+        engines worked on as its `engines`, the features made (an engine without one could not make it:
+        the image stays without it). Returns the features written, by image. An image deleted or
+        replaced since its entry was read is left as it is now: nothing made from its old bytes is written."""
+
+        def complete_all(txn: lmdb.Transaction) -> dict[int, dict]:
+            written = {}
+            for pending, features in items:
+                now = self._backlog.get(txn, pending.image_id)
+                if now is None or now.digest != pending.digest:
+                    continue
+                written[pending.image_id] = {name: f for name, f in features.items() if name in now.engines}
+                self._put_features(txn, pending.image_id, written[pending.image_id])
+                self._backlog.done(txn, pending.image_id, pending.engines)
+            return written
+
+        return self._write(complete_all)
+
     def delete(self, image_id: int, engines: list[str] | None = None) -> list[str]:
         """Delete the image's features in `engines` (all by default); the record goes with the last one.
+        An engine the image still waits for counts as one it is deleted from: it will not get it.
 
         Returns the engines it was deleted from; NotFound where it was in none of them.
         """
@@ -175,6 +175,27 @@ class FeatureStore:
 
     # -- reads -----------------------------------------------------------------------------------
 
+    def pending(self, engines: set[str] | None = None, after: int = -1, limit: int | None = None) -> list[Pending]:
+        """Images the backlog still owes features (of any of `engines`, if given), in id order past `after`."""
+        with self._reading() as txn:
+            return self._backlog.entries(txn, engines, after, limit)
+
+    def pending_of(self, image_ids: list[int]) -> dict[int, tuple[str, ...]]:
+        """The engines each of `image_ids` still waits for (those waiting for any)."""
+        with self._reading() as txn:
+            found = ((i, self._backlog.get(txn, i)) for i in image_ids)
+            return {i: pending.engines for i, pending in found if pending is not None}
+
+    def held(self, image_id: int) -> bytes | None:
+        """The bytes an image added through the API was made from, while the backlog owes it features."""
+        with self._reading() as txn:
+            return self._backlog.held(txn, image_id)
+
+    def backlog(self) -> dict[str, int]:
+        """How many images each engine still owes a feature."""
+        with self._reading() as txn:
+            return dict.fromkeys(self.specs, 0) | self._backlog.counts(txn)
+
     def record(self, image_id: int) -> ImageRecord | None:
         with self._reading() as txn:
             return self._read_record(txn, image_id)
@@ -182,7 +203,7 @@ class FeatureStore:
     def records(self) -> list[ImageRecord]:
         """Every image's record, without its digest (`record` reads that)."""
         with self._reading() as txn:
-            return [self._decode_record(key_id(key), value) for key, value in txn.cursor(db=self._images)]
+            return [ImageRecord.from_bytes(key_id(key), value) for key, value in txn.cursor(db=self._images)]
 
     def ids_with_digest(self, digest: bytes) -> list[int]:
         """The images added from exactly these bytes (by their SHA-256)."""
@@ -207,7 +228,7 @@ class FeatureStore:
         """Each image's file name (None: no such image); every search hit's, so its record alone is read."""
         with self._reading() as txn:
             values = ((i, txn.get(id_key(i), db=self._images)) for i in image_ids)
-            return [None if value is None else self._decode_record(i, value).file_name for i, value in values]
+            return [None if value is None else ImageRecord.from_bytes(i, value).file_name for i, value in values]
 
     def feature(self, engine: str, image_id: int) -> np.ndarray | None:
         with self._reading() as txn:
@@ -274,34 +295,17 @@ class FeatureStore:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _check_version(self, txn: lmdb.Transaction) -> str:
-        version = txn.get(b"version", db=self._meta)
-        if version is None:
-            txn.put(b"version", str(SCHEMA_VERSION).encode(), db=self._meta)
-            txn.put(b"uuid", uuid.uuid4().hex.encode(), db=self._meta)
-        elif int(version) > SCHEMA_VERSION:
-            raise StoreVersionError(
-                f"this data directory was written by a newer lookalike (schema {int(version)}; "
-                f"this version reads up to {SCHEMA_VERSION}): upgrade lookalike"
-            )
-        for name, spec in self.specs.items():
-            stored = txn.get(f"spec:{name}".encode(), db=self._meta)
-            if stored is None:
-                txn.put(f"spec:{name}".encode(), json.dumps(asdict(spec)).encode(), db=self._meta)
-            elif FeatureSpec(**json.loads(bytes(stored))) != spec:
-                raise StoreVersionError(
-                    f"the {name} engine's features here were made as {bytes(stored).decode()}, "
-                    f"not {json.dumps(asdict(spec))}: restore the setting they were made with "
-                    f"(for local features, LOOKALIKE_LOCAL_DESCRIPTOR), or index into a new data directory"
-                )
-        return txn.get(b"uuid", db=self._meta).decode()
-
     def _delete(self, txn: lmdb.Transaction, image_id: int, engines: list[str]) -> list[str]:
         key = id_key(image_id)
         deleted = [name for name in engines if txn.delete(key, db=self._features[name])]
         for name in deleted:
             self._journal(txn, name, image_id)
+        pending = self._backlog.get(txn, image_id)
+        if pending is not None:
+            deleted += [name for name in engines if name in pending.engines and name not in deleted]
+            self._backlog.done(txn, image_id, engines)
         if not any(txn.get(key, db=self._features[name]) is not None for name in self.specs):
+            self._backlog.drop(txn, image_id)
             record = self._read_record(txn, image_id)
             if record is not None:
                 txn.delete(key, db=self._images)
@@ -316,6 +320,7 @@ class FeatureStore:
         for name, feature in features.items():
             txn.put(id_key(image_id), self._encode(name, feature), db=self._features[name])
             self._journal(txn, name, image_id)
+        self._backlog.done(txn, image_id, features)
 
     def _journal(self, txn: lmdb.Transaction, engine: str, image_id: int) -> None:
         seq = self._seq(txn, engine) + 1
@@ -334,7 +339,7 @@ class FeatureStore:
 
     def _put_record(self, txn: lmdb.Transaction, record: ImageRecord) -> None:
         key = id_key(record.image_id)
-        txn.put(key, _RECORD.pack(record.size, record.mtime_ns) + record.file_name.encode(), db=self._images)
+        txn.put(key, record.to_bytes(), db=self._images)
         if record.file_name:
             txn.put(name_key(record.file_name), key, db=self._names)
         if record.digest:
@@ -347,12 +352,7 @@ class FeatureStore:
         if value is None:
             return None
         digest = txn.get(key, db=self._digests)
-        return replace(self._decode_record(image_id, value), digest=bytes(digest) if digest else b"")
-
-    @staticmethod
-    def _decode_record(image_id: int, value: bytes) -> ImageRecord:
-        size, mtime_ns = _RECORD.unpack_from(value)
-        return ImageRecord(image_id, bytes(value[_RECORD.size :]).decode(), size, mtime_ns)
+        return replace(ImageRecord.from_bytes(image_id, value), digest=bytes(digest) if digest else b"")
 
     @contextmanager
     def _reading(self) -> Iterator[lmdb.Transaction]:

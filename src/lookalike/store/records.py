@@ -1,0 +1,50 @@
+"""An image's record and the store's keys: ids as 8-byte big-endian keys (LMDB sorts them as numbers),
+file names as keys within LMDB's limit."""
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+MAX_IMAGE_ID = 2**63 - 1  # FAISS ids are signed 64-bit
+MAX_FILE_NAME_BYTES = 4096  # a path's limit on Linux; longer names are keyed by digest all the same
+_RECORD = struct.Struct(">Qq")  # file size, mtime_ns
+_MAX_NAME_KEY = 480  # LMDB's keys end at 511 bytes
+
+
+def id_key(image_id: int) -> bytes:
+    return image_id.to_bytes(8, "big")
+
+
+def key_id(key: bytes) -> int:
+    return int.from_bytes(key, "big")
+
+
+def name_key(file_name: str) -> bytes:
+    """A file name's key in `names`: the name itself, or past LMDB's key limit (511 bytes) a digest of
+    it, marked by a first byte no UTF-8 text starts with."""
+    encoded = file_name.encode()
+    return encoded if len(encoded) <= _MAX_NAME_KEY else b"\xff" + hashlib.sha256(encoded).digest()
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: int
+    file_name: str
+    size: int = 0
+    mtime_ns: int = 0
+    digest: bytes = b""  # SHA-256 of the bytes it was made from: the same bytes are the same image
+
+    @property
+    def from_folder(self) -> bool:
+        """Made by `lookalike index`, which records its file's size and mtime. An image added through the
+        API has neither (size 0: no image is zero bytes), and `index` leaves it alone."""
+        return self.size > 0
+
+    def to_bytes(self) -> bytes:
+        """As `images` holds it (the digest is kept apart, in `digests`)."""
+        return _RECORD.pack(self.size, self.mtime_ns) + self.file_name.encode()
+
+    @classmethod
+    def from_bytes(cls, image_id: int, value: bytes) -> "ImageRecord":
+        size, mtime_ns = _RECORD.unpack_from(value)
+        return cls(image_id, bytes(value[_RECORD.size :]).decode(), size, mtime_ns)
