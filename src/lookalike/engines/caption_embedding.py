@@ -14,7 +14,8 @@ from ..errors import InvalidRequest
 from ..features import FeatureSpec
 from ..models.text import DIM, TextEncoder, text_encoder
 from .base import TextSearchable
-from .captions import MAX_QUERY_CHARACTERS, CaptionedEngine, CaptionOptions
+from .captions import CaptionedEngine, CaptionOptions
+from .text import MAX_QUERY_CHARACTERS
 
 
 class CaptionEmbedding(CaptionedEngine, TextSearchable):

@@ -14,13 +14,12 @@ from functools import cached_property
 from PIL import Image
 from pydantic import Field, field_validator
 
-from ..errors import InvalidRequest
 from ..features import FeatureSpec, TextLine, TextLines
 from ..models.captioners import CAPTION_MODELS, SharedCaptions, shared_captioner
 from .base import Engine, EngineOptions, TextSearchable, known_name
+from .text import words_query
 
 DEFAULT_MODEL = "blip-base"
-MAX_QUERY_CHARACTERS = 1_000
 
 
 class CaptionOptions(EngineOptions):
@@ -69,8 +68,4 @@ class Captions(CaptionedEngine, TextSearchable):
         return [TextLines((TextLine(caption),) if caption else ()) for caption in self.captioner.caption(images)]
 
     def embed_text(self, text: str) -> TextLines:
-        if not text.strip():
-            raise InvalidRequest("text must hold a word to look for")
-        if len(text) > MAX_QUERY_CHARACTERS:
-            raise InvalidRequest(f"text is {len(text)} characters; the limit is {MAX_QUERY_CHARACTERS}")
-        return TextLines((TextLine(text),))
+        return words_query(text)

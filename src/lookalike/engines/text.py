@@ -62,11 +62,16 @@ class Text(Engine, TextSearchable):
         return lines_of(self.reader.read(image), image.size)
 
     def embed_text(self, text: str) -> TextLines:
-        if not text.strip():
-            raise InvalidRequest("text must hold a word to look for")
-        if len(text) > MAX_QUERY_CHARACTERS:
-            raise InvalidRequest(f"text is {len(text)} characters; the limit is {MAX_QUERY_CHARACTERS}")
-        return TextLines((TextLine(text),))
+        return words_query(text)
+
+
+def words_query(text: str) -> TextLines:
+    """A typed query of words, as one line (the text index looks each word up)."""
+    if not text.strip():
+        raise InvalidRequest("text must hold a word to look for")
+    if len(text) > MAX_QUERY_CHARACTERS:
+        raise InvalidRequest(f"text is {len(text)} characters; the limit is {MAX_QUERY_CHARACTERS}")
+    return TextLines((TextLine(text),))
 
 
 def lines_of(reading: Reading, size: tuple[int, int], min_confidence: float = MIN_CONFIDENCE) -> TextLines:
