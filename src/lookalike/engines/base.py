@@ -46,8 +46,9 @@ class Engine(ABC):
     duplicate_threshold: float
     # Served unless the settings name the engines to serve.
     enabled_by_default: ClassVar[bool] = True
-    # Seconds a photo rather than milliseconds: where a library is built in two passes (`lookalike
-    # index`, an add with defer_slow), its features are made in the second, the background pass.
+    # A few photos a second on a core or fewer, where the others make tens (bench/background_pass.py):
+    # where a library is built in two passes (`lookalike index`, an add with defer_slow), its features
+    # are made in the second, the background pass.
     slow: ClassVar[bool] = False
 
     def __init__(self, options: EngineOptions | None = None):

@@ -134,7 +134,8 @@ def search_text_everywhere(request: Request, body: TextSearchBody) -> TextSearch
     and their caption's (where the caption engines are on), with every text engine's own list: tags
     named, words read in the photo (text), words of its caption (captions)."""
     found = text_search(library_of(request), body.text, body.k)
-    return {"hits": [hit.as_dict() for hit in found.hits], "found": {e: hits_out(h) for e, h in found.found.items()}}
+    lists = {engine: hits_out(hits[: body.k]) for engine, hits in found.found.items()}
+    return {"hits": [hit.as_dict() for hit in found.hits], "found": lists}
 
 
 def fused_out(found: ReverseSearch) -> dict:
