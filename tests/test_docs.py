@@ -40,7 +40,7 @@ ALLOWED_IMPORTS = {
     "indexes": {"features", "errors", "locks"},
     "indexes.manager": {"indexes", "store"},
     "library": {"features", "decode", "engines", "errors", "indexes", "indexes.manager", "locks", "store"},
-    "background": {"errors", "library", "store"},
+    "background": {"engines", "errors", "library", "store"},
     "fusion": {"indexes"},
     "gateway": {"fusion", "indexes", "library"},
     "duplicates": {"engines", "errors", "fusion", "indexes", "library"},

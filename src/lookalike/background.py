@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 
+from .engines import extract_each
 from .errors import LookalikeError
 from .library import Library
 from .store import Pending
@@ -58,8 +59,12 @@ def work_off(library: Library, owed: list[Pending], gate: AbstractContextManager
     made: dict[int, dict] = {pending.image_id: {} for pending in owed}
     for name in {name for pending in owed for name in pending.engines}:
         ids = [pending.image_id for pending in owed if name in pending.engines and pending.image_id in decoded]
-        for image_id, feature in zip(ids, _extract(library, name, [decoded[i][name] for i in ids], gate)):
-            if feature is not None:
+        with gate:
+            features = extract_each(library.engines[name], [decoded[i][name] for i in ids])
+        for image_id, feature in zip(ids, features):
+            if isinstance(feature, LookalikeError):  # given up: the image stays without it
+                log.warning("the %s engine cannot read image %d: %s", name, image_id, feature)
+            else:
                 made[image_id][name] = feature
     library.complete([(pending, made[pending.image_id]) for pending in owed])
     return dict(Counter(name for pending in owed for name in pending.engines))
@@ -80,26 +85,6 @@ def source_of(library: Library, pending: Pending) -> bytes:
     if hashlib.sha256(data).digest() != pending.digest:
         raise LookalikeError("its file has changed since it was indexed (the next `lookalike index` redoes it)")
     return data
-
-
-def _extract(library: Library, name: str, views: list, gate: AbstractContextManager) -> list:
-    """`name`'s feature of each image, as the engine's decode gave it (None where it cannot make one):
-    as one model batch, or image by image where one image spoils the batch."""
-    engine = library.engines[name]
-    with gate:
-        try:
-            return engine.extract_many(views)
-        except LookalikeError:
-            pass
-    found = []
-    for view in views:
-        try:
-            with gate:
-                found.append(engine.extract(view))
-        except LookalikeError as exc:
-            log.warning("the %s engine cannot read an image: %s", name, exc)
-            found.append(None)
-    return found
 
 
 class Rates:

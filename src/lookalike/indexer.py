@@ -125,7 +125,7 @@ def run(
     report = Report(unchanged=todo.unchanged, removed=len(todo.missing), failed=todo.failed, taken=todo.taken)
     if todo.missing:
         library.delete_many(todo.missing)
-    slow = tuple(library.slow_engines) if len(library.slow_engines) < len(library.engines) else ()
+    slow = library.deferrable(list(library.engines))
     fast = [name for name in library.engines if name not in slow]
     library.prepare()  # a model is exported (or downloaded) once here, not by every worker at once
     context = multiprocessing.get_context("spawn")  # no fork of a process holding FAISS/OpenMP threads

@@ -125,9 +125,7 @@ class Library:
         check_image_id(image_id)
         check_file_name(file_name)
         engines = self._engine_names(engines)
-        deferred = tuple(name for name in engines if self.engines[name].slow) if defer_slow else ()
-        if len(deferred) == len(engines):  # nothing fast would read the image now: it is checked at once
-            deferred = ()
+        deferred = self.deferrable(engines) if defer_slow else ()
         features = self.extract(data, [name for name in engines if name not in deferred])
         record = ImageRecord(image_id, file_name, digest=hashlib.sha256(data).digest())
         with self._write_lock:
@@ -138,6 +136,11 @@ class Library:
     @property
     def slow_engines(self) -> list[str]:
         return [name for name, engine in self.engines.items() if engine.slow]
+
+    def deferrable(self, engines: list[str]) -> tuple[str, ...]:
+        """Of `engines`, the slow ones a two-pass add leaves for later: none where all are (none would read it now)."""
+        slow = tuple(name for name in engines if self.engines[name].slow)
+        return slow if len(slow) < len(engines) else ()
 
     def add_many(self, items: list[tuple[ImageRecord, dict]], deferred: tuple[str, ...] = ()) -> None:
         """Add or replace a batch in one transaction, the `deferred` engines' features owed to the

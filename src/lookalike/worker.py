@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cv2
 
-from .engines import Engine, EngineOptions, decode_for
+from .engines import Engine, EngineOptions, decode_for, extract_each
 from .errors import LookalikeError
 from .models import runtime
 
@@ -47,25 +47,12 @@ def extract_batch(paths: list[Path], engines: list[str]) -> list[Extracted | str
     chosen = {name: _engines[name] for name in engines}
     outcomes: list[tuple[bytes, dict] | str] = [_decode(path, chosen) for path in paths]
     decoded = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, str)]
-    try:
-        features = (
-            {name: engine.extract_many([outcomes[i][1][name] for i in decoded]) for name, engine in chosen.items()}
-            if decoded
-            else {}
-        )
-        for position, i in enumerate(decoded):
-            outcomes[i] = Extracted(outcomes[i][0], {name: found[position] for name, found in features.items()})
-    except LookalikeError:  # one image spoiled the batch: only it should fail
-        for i in decoded:
-            outcomes[i] = _extract_one(chosen, *outcomes[i])
+    found = {name: extract_each(engine, [outcomes[i][1][name] for i in decoded]) for name, engine in chosen.items()}
+    for position, i in enumerate(decoded):
+        features = {name: features[position] for name, features in found.items()}
+        failed = [f for f in features.values() if isinstance(f, LookalikeError)]  # one engine fails the image
+        outcomes[i] = failed[0].message if failed else Extracted(outcomes[i][0], features)
     return outcomes
-
-
-def _extract_one(engines: dict[str, Engine], digest: bytes, images: dict) -> Extracted | str:
-    try:
-        return Extracted(digest, {name: engine.extract(images[name]) for name, engine in engines.items()})
-    except LookalikeError as exc:
-        return exc.message
 
 
 def _decode(path: Path, engines: dict[str, Engine]) -> tuple[bytes, dict] | str:

@@ -5,6 +5,7 @@ from collections.abc import Iterable
 from PIL import Image
 
 from ..decode import DEFAULT_MAX_PIXELS, UNLIMITED, DecodeBudget, decode_views
+from ..errors import LookalikeError
 from .base import Engine, EngineOptions, TextSearchable
 from .caption_embedding import CaptionEmbedding
 from .captions import Captions
@@ -37,6 +38,22 @@ def create_engine(name: str, options: EngineOptions | dict | None = None) -> Eng
     return engine(engine.Options.model_validate(options or {}))
 
 
+def extract_each(engine: Engine, images: list[Image.Image]) -> list:
+    """The engine's feature of each image, as one model batch; where one image spoils the batch, image
+    by image, with the LookalikeError in place of the feature of each image the engine cannot read."""
+    try:
+        return engine.extract_many(images)
+    except LookalikeError:
+        pass
+    found = []
+    for image in images:
+        try:
+            found.append(engine.extract(image))
+        except LookalikeError as exc:
+            found.append(exc)
+    return found
+
+
 def decode_for(
     engines: Iterable[Engine], data: bytes, max_pixels: int, budget: DecodeBudget = UNLIMITED
 ) -> dict[str, Image.Image]:
@@ -54,4 +71,13 @@ def decode_for_engine(
     return decode_for([engine], data, max_pixels, budget)[engine.name]
 
 
-__all__ = ["ENGINES", "Engine", "EngineOptions", "TextSearchable", "create_engine", "decode_for", "decode_for_engine"]
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "EngineOptions",
+    "TextSearchable",
+    "create_engine",
+    "decode_for",
+    "decode_for_engine",
+    "extract_each",
+]

@@ -10,12 +10,11 @@ from functools import cached_property
 import numpy as np
 from PIL import Image
 
-from ..errors import InvalidRequest
 from ..features import FeatureSpec
 from ..models.text import DIM, TextEncoder, text_encoder
 from .base import TextSearchable
 from .captions import CaptionedEngine, CaptionOptions
-from .text import MAX_QUERY_CHARACTERS
+from .image_text import sentence
 
 
 class CaptionEmbedding(CaptionedEngine, TextSearchable):
@@ -41,7 +40,4 @@ class CaptionEmbedding(CaptionedEngine, TextSearchable):
         return list(self.sentences.embed(self.captioner.caption(images)))
 
     def embed_text(self, text: str) -> np.ndarray:
-        text = text.strip()
-        if not text or len(text) > MAX_QUERY_CHARACTERS:
-            raise InvalidRequest(f"text must have 1 to {MAX_QUERY_CHARACTERS} characters")
-        return self.sentences.embed([text])[0]
+        return self.sentences.embed([sentence(text)])[0]

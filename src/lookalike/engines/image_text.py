@@ -65,10 +65,15 @@ class ImageText(Engine, TextSearchable):
         return list(self.space.embed_images(images))
 
     def embed_text(self, text: str) -> np.ndarray:
-        text = text.strip()
-        if not text or len(text) > MAX_TEXT_CHARACTERS:
-            raise InvalidRequest(f"text must have 1 to {MAX_TEXT_CHARACTERS} characters")
-        return self.space.embed_texts([text])[0]
+        return self.space.embed_texts([sentence(text)])[0]
+
+
+def sentence(text: str) -> str:
+    """A typed query to embed as a sentence, its surrounding blanks trimmed."""
+    text = text.strip()
+    if not text or len(text) > MAX_TEXT_CHARACTERS:
+        raise InvalidRequest(f"text must have 1 to {MAX_TEXT_CHARACTERS} characters")
+    return text
 
 
 class ClassNameSpace:

@@ -13,6 +13,7 @@ Layout (keys are 8-byte big-endian image ids):
     held      id -> the uploaded image's bytes, for as long as its entry lasts
 """
 
+from collections import Counter
 from dataclasses import dataclass
 
 import lmdb
@@ -45,8 +46,7 @@ class Backlog:
             pending = Pending(pending.image_id, owed.digest, tuple(dict.fromkeys(owed.engines + pending.engines)))
             data = data if data is not None else self.held(txn, pending.image_id)
         if pending.engines:
-            value = pending.digest + "\n".join(pending.engines).encode()
-            txn.put(id_key(pending.image_id), value, db=self._entries)
+            txn.put(id_key(pending.image_id), _encode(pending), db=self._entries)
             if data is not None:
                 txn.put(id_key(pending.image_id), data, db=self._held)
 
@@ -56,7 +56,7 @@ class Backlog:
         if pending is not None and set(engines) & set(pending.engines):
             left = tuple(name for name in pending.engines if name not in engines)
             if left:
-                txn.put(id_key(image_id), pending.digest + "\n".join(left).encode(), db=self._entries)
+                txn.put(id_key(image_id), _encode(Pending(image_id, pending.digest, left)), db=self._entries)
             else:
                 self.drop(txn, image_id)
 
@@ -87,11 +87,12 @@ class Backlog:
 
     def counts(self, txn: lmdb.Transaction) -> dict[str, int]:
         """How many images wait for each engine."""
-        counts: dict[str, int] = {}
-        for value in txn.cursor(db=self._entries).iternext(keys=False):
-            for name in bytes(value[_DIGEST:]).decode().split("\n"):
-                counts[name] = counts.get(name, 0) + 1
-        return counts
+        values = txn.cursor(db=self._entries).iternext(keys=False)
+        return dict(Counter(name for value in values for name in _decode(0, value).engines))
+
+
+def _encode(pending: Pending) -> bytes:
+    return pending.digest + "\n".join(pending.engines).encode()
 
 
 def _decode(image_id: int, value) -> Pending:
