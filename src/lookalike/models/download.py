@@ -149,12 +149,10 @@ def _copy(source: Path, file: BinaryIO) -> str:
 def _unavailable(weights: RemoteWeights, path: Path, reason: str) -> ModelUnavailable:
     from .registry import models_holding  # the registry imports the models that import this module
 
-    size = f"{weights.size:,} bytes, " if weights.size else ""
     ways = [f"run `lookalike models install {name} --from DIR` with it in DIR" for name in models_holding(weights)]
     return ModelUnavailable(
-        f"model {weights.name!r} is not available: {reason}. To install it by hand, download {weights.url} "
-        f"({size}sha256 {weights.sha256}) on a machine that can, copy it here and "
-        f"{' or '.join([*ways, f'put it at {path}'])}."
+        f"model {weights.name!r} is not available: {reason}. To install it by hand, download "
+        f"{described(weights)} on a machine that can, copy it here and {' or '.join([*ways, f'put it at {path}'])}."
     )
 
 
