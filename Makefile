@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PHOTOS ?= $(HOME)/.cache/lookalike/photos
 
-.PHONY: serve test photos bench
+.PHONY: serve test photos browser bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,11 @@ serve: $(VENV)/.installed
 photos:
 	scripts/fetch-photos $(PHOTOS)
 
-test: $(VENV)/.installed photos
-	LOOKALIKE_TEST_PHOTOS=$(PHOTOS) $(VENV)/bin/python -m pytest
+browser:
+	scripts/install-chromium
+
+test: $(VENV)/.installed photos browser
+	LOOKALIKE_TEST_PHOTOS=$(PHOTOS) LOOKALIKE_TEST_BROWSER=$$(command -v chromium) $(VENV)/bin/python -m pytest
 
 bench: $(VENV)/.installed
 	scripts/fetch-photos $(PHOTOS) --with-mvtb

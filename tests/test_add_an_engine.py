@@ -114,7 +114,12 @@ def test_a_registered_engine_is_served_by_every_route(settings):
         paths = ok(client.get("/openapi.json"))["paths"]
         assert "colour_words" in paths["/calculate_colour_words_features"]["post"]["tags"][0]
     with TestClient(create_app(settings), base_url=LOCAL_URL) as client:  # saved at shutdown, loaded at start
-        assert ok(client.get("/stats"))["engines"]["colour_words"] == {"features": 2, "indexed": 2, "words": 3}
+        assert ok(client.get("/stats"))["engines"]["colour_words"] == {
+            "features": 2,
+            "indexed": 2,
+            "words": 3,
+            "model": None,
+        }
         assert ids(ok(client.post("/engines/colour_words/search_text", json={"text": "yellow", "k": 5}))) == [2]
 
 

@@ -131,7 +131,7 @@ def test_search_dupes_and_stats(tmp_path, gallery, photos):
     assert strict == []
 
     stats = json.loads(lookalike(tmp_path, "stats").stdout)
-    assert stats["engines"]["phash"] == {"features": stats["images"], "indexed": stats["images"]}
+    assert stats["engines"]["phash"] == {"features": stats["images"], "indexed": stats["images"], "model": None}
     assert set(stats["backlog"].values()) == {0}  # index made the slow engines' features too
     assert stats["engines"]["local"]["indexed"] == stats["images"] and stats["engines"]["local"]["descriptors"] > 0
 

@@ -18,6 +18,7 @@ from photos import photos as load_photos
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from words_in_photos import fonts, on_a_phone
 
+import lookalike.duplicates as duplicates
 import lookalike.engines.local as local
 from lookalike.config import Settings
 from lookalike.duplicates import TIERS, Pair, _complete_linkage
@@ -232,6 +233,24 @@ def test_duplicates_by_tier_through_the_api(tmp_path):
         assert paged["total"] == len(similar) and len(paged["groups"]) == 1
         error(client.get("/duplicates", params={"tier": "none"}), 422)
         error(client.get("/duplicates", params={"tier": "twins"}), 422)
+        ok(client.delete("/images/10"))
+        assert set(groups("exact")) == set()  # the groups are made again once the library changed
+
+
+def test_groups_are_made_again_only_after_the_library_changes(tmp_path, monkeypatch):
+    made = []
+    monkeypatch.setattr(duplicates, "duplicate_groups", lambda library, tier: made.append(tier) or [tier])
+    with Library(tmp_path, ["phash", "color"]) as library:
+        groups = duplicates.GroupsOfTheLibrary(library)
+        library.add(1, jpeg("coffee"))
+        assert groups.groups(Verdict.EXACT) == groups.groups(Verdict.EXACT) == [Verdict.EXACT]
+        assert groups.groups(Verdict.COPY) == [Verdict.COPY]
+        assert made == [Verdict.EXACT, Verdict.COPY]
+        library.add(2, jpeg("coffee"))
+        groups.groups(Verdict.EXACT)
+        library.delete(2, ["color"])
+        groups.groups(Verdict.EXACT)
+        assert made == [Verdict.EXACT, Verdict.COPY, Verdict.EXACT, Verdict.EXACT]
 
 
 def test_precise_matches_make_a_copy_and_another_shot_is_never_one():

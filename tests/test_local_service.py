@@ -148,7 +148,8 @@ def test_a_bad_upload_to_calculate_local_features_stores_nothing(client, kind, s
     assert set(response.json()) == {"detail"}
     stats = ok(client.get("/stats"))
     assert stats["images"] == 0
-    assert stats["engines"]["local"] == {"features": 0, "indexed": 0, "descriptors": 0, "trained_on": 0}
+    empty = {"features": 0, "indexed": 0, "descriptors": 0, "trained_on": 0, "model": "rootsift"}
+    assert stats["engines"]["local"] == empty
 
 
 # -- the command line ------------------------------------------------------------------------------

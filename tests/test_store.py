@@ -90,7 +90,7 @@ class TestReopen:
             library.add(2, encode(photos["coffee"]), "coffee.jpg")
             library.delete(2)
         with Library(tmp_path, ["phash", "color"]) as library:
-            assert library.stats()["engines"]["phash"] == {"features": 1, "indexed": 1}
+            assert library.stats()["engines"]["phash"] == {"features": 1, "indexed": 1, "model": None}
             assert library.similar_to_image("phash", encode(photos["astronaut"]), k=1)[0].image_id == 1
             assert library.store.journal_since("phash", library.store.journal_seq("phash")) == set()
 

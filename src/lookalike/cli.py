@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from . import indexer
+from . import catalog, indexer
 from .config import Settings
 from .duplicates import duplicate_groups
 from .errors import LookalikeError, StorageFull
@@ -260,7 +260,7 @@ def dupes(
 def stats(data_dir: DataDir = None) -> None:
     """Counts per engine and the store's size on disk."""
     with _open(_settings(data_dir)) as library:
-        print(json.dumps(library.stats(), indent=2))
+        print(json.dumps(catalog.stats(library), indent=2))
 
 
 @app.command()

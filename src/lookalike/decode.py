@@ -132,6 +132,13 @@ def decode_views(
         raise BadImage(f"image could not be decoded (truncated or corrupt): {exc}") from exc
 
 
+def image_size(data: bytes) -> tuple[int, int]:
+    """The width and height of the image `data` holds, upright, from its header alone."""
+    with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+        width, height = image.size
+        return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     image = Image.open(io.BytesIO(data), formats=FORMATS)
     width, height = image.size

@@ -16,6 +16,7 @@ of look-alikes never links two photos that are not alike themselves, and a burst
 a `similar` group, never a duplicate one.
 """
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +64,24 @@ class Group:
             "images": [{"image_id": i, "file_name": n} for i, n in zip(self.image_ids, self.file_names)],
             "pairs": [pair.as_dict() for pair in self.pairs],
         }
+
+
+class GroupsOfTheLibrary:
+    """`duplicate_groups` of each tier, made again only once the library has changed (a journal of one
+    of its engines has moved): a page of 10,000 groups after another costs no new search."""
+
+    def __init__(self, library: Library):
+        self.library = library
+        self._made: dict[Verdict, tuple[tuple[int, ...], list[Group]]] = {}
+        self._lock = threading.Lock()
+
+    def groups(self, down_to: Verdict) -> list[Group]:
+        version = tuple(self.library.store.journal_seq(name) for name in self.library.engines)
+        with self._lock:  # one request makes them; the others wait for its answer
+            made = self._made.get(down_to)
+            if made is None or made[0] != version:
+                made = self._made[down_to] = (version, duplicate_groups(self.library, down_to))
+            return made[1]
 
 
 def duplicate_groups(

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from .errors import NotFound
 from .fusion import PER_ENGINE, Calibration, FusedHit, Verdict, fuse, shipped_calibration, with_matches
 from .indexes import Hit, Matches
 from .library import Library
@@ -43,16 +44,45 @@ def reverse_search(
     images = library.decode(data, list(library.engines) if every_engine or not weighed else weighed)
     found = library.search_all(images, PER_ENGINE)
     exact = frozenset(library.store.ids_with_digest(hashlib.sha256(data).digest()))
-    near = {"phash": library.engines["phash"].duplicate_threshold} if "phash" in library.engines else {}
-    pending = library.store.pending_of(list({hit.image_id for hits in found.values() for hit in hits} | exact))
-    hits = fuse(found, calibration, exact, near, pending)
+    fused = _fuser(library, calibration, exact)
+    hits = fused(found)
     looked_again = mirror_look(
         found, hits, calibration, lambda leaders: library.mirror_matches(MIRRORED, images[MIRRORED], leaders)
     )
     if looked_again:
         found = looked_again
-        hits = fuse(found, calibration, exact, near, pending)
-    hits = hits[:k]
+        hits = fused(found)
+    return _answer(library, hits[:k], found)
+
+
+def stored_search(
+    library: Library, image_id: int, k: int | None = None, calibration: Calibration | None = None
+) -> ReverseSearch:
+    """The fused answer for a stored image, from its stored features, itself left out: what a click on a
+    result of the web page asks. Its mirror image is not looked at (its pixels are not kept)."""
+    calibration = calibration or shipped_calibration()
+    record = library.store.record(image_id)
+    if record is None:
+        raise NotFound(f"image {image_id} is not in the library")
+    held = set(library.store.engines_of(image_id))
+    engines = [name for name in calibration.weighing(list(library.engines)) or library.engines if name in held]
+    found = {name: library.similar_to_id(name, image_id, PER_ENGINE) for name in engines}
+    exact = frozenset(library.store.ids_with_digest(record.digest) if record.digest else []) - {image_id}
+    return _answer(library, _fuser(library, calibration, exact)(found)[:k], found)
+
+
+def _fuser(library: Library, calibration: Calibration, exact: frozenset[int]) -> Callable[[dict], list[FusedHit]]:
+    """`fusion.fuse` of engines' lists with this library's near-duplicate threshold and backlog."""
+    near = {"phash": library.engines["phash"].duplicate_threshold} if "phash" in library.engines else {}
+
+    def fused(found: dict[str, list[Hit]]) -> list[FusedHit]:
+        pending = library.store.pending_of(list({hit.image_id for hits in found.values() for hit in hits} | exact))
+        return fuse(found, calibration, exact, near, pending)
+
+    return fused
+
+
+def _answer(library: Library, hits: list[FusedHit], found: dict[str, list[Hit]]) -> ReverseSearch:
     unnamed = [hit.image_id for hit in hits if not hit.evidence]  # exact copies no engine listed
     names = dict(zip(unnamed, library.store.names_for(unnamed)))
     hits = [replace(hit, file_name=names[hit.image_id] or "") if hit.image_id in names else hit for hit in hits]

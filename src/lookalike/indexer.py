@@ -1,10 +1,11 @@
 """Bulk indexing of a folder: reader -> worker processes (decode + features) -> one batched writer.
 
-Two passes: the fast engines' features first, so the library answers their searches as soon as
-possible, each image's slow engines (`Engine.slow`) owed to the store's backlog; then one pass per
-slow engine over what the backlog owes it (or none: `defer`, and the service's background pass makes
-them). Each batch commits in one LMDB transaction, so an interrupted or killed run loses at most the
-batch in flight; the next run skips every file already stored with the same size and mtime, and its
+Two passes: the fast engines' features first, with each image's thumbnail, so the library answers
+their searches as soon as possible, each image's slow engines (`Engine.slow`) owed to the store's
+backlog; then one pass per slow engine over what the backlog owes it (or none: `defer`, and the
+service's background pass makes them). Images stored before thumbnails were made get theirs between.
+Each batch commits in one LMDB transaction, so an interrupted or killed run loses at most the batch in
+flight; the next run skips every file already stored with the same size and mtime, and its
 second passes resume from the backlog.
 """
 
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from . import worker
 from .errors import LookalikeError
-from .library import Library, check_file_name
-from .store import ImageRecord, Pending
+from .library import Library
+from .store import ImageRecord, Pending, check_file_name
 
 IMAGE_SUFFIXES = set(".jpg .jpeg .jpe .png .webp .gif .bmp .tif .tiff .heic .heif .avif".split())
 BATCH_SIZE = 256
@@ -39,6 +40,7 @@ class Job:
 class Plan:
     jobs: list[Job] = field(default_factory=list)
     unchanged: int = 0
+    thumbnails: list[Job] = field(default_factory=list)  # unchanged files stored without a thumbnail
     missing: list[int] = field(default_factory=list)
     # Files whose path is the file_name of an image added through the API: that image is not `index`'s.
     taken: list[tuple[Path, int]] = field(default_factory=list)
@@ -77,6 +79,7 @@ def plan(library: Library, root: Path) -> Plan:
             owed[name].add(pending.image_id)
     # An image the backlog owes a feature is complete there: the second pass makes it.
     complete = set.intersection(*(set(library.store.feature_ids(n).tolist()) | owed[n] for n in library.engines))
+    without_thumbnails = {record.image_id for record in library.store.without_thumbnails()}
     found = list(scan(root))
     used_ids = {record.image_id for record in records}
     numeric = {int(p.stem) for p, _ in found if p.stem.isdigit() and int(p.stem) < 2**63}
@@ -95,6 +98,8 @@ def plan(library: Library, root: Path) -> Plan:
         if record is not None:
             if (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns) and record.image_id in complete:
                 result.unchanged += 1
+                if record.image_id in without_thumbnails:
+                    result.thumbnails.append(Job(path, record.image_id, stat.st_size, stat.st_mtime_ns))
                 continue
             image_id = record.image_id
         elif path.stem.isdigit() and int(path.stem) in numeric and int(path.stem) not in used_ids:
@@ -135,15 +140,24 @@ def run(
         writer = _Writer(library, checkpoint_seconds, slow)
         try:
             on_start("fast engines" if slow else "all engines", len(todo.jobs))
-            for job, outcome in _extracted(pool, todo.jobs, fast):
+            for job, outcome in _extracted(pool, todo.jobs, fast, thumbnails=True):
                 if isinstance(outcome, str):
                     report.failed.append((job.path, outcome))
                 else:
-                    record = ImageRecord(job.image_id, str(job.path), job.size, job.mtime_ns, outcome.digest)
+                    record = ImageRecord(
+                        job.image_id, str(job.path), job.size, job.mtime_ns, outcome.digest, outcome.thumbnail
+                    )
                     writer.add((record, outcome.features))
                     report.indexed += 1
                 on_done(job, outcome if isinstance(outcome, str) else None)
             writer.commit()
+            if todo.thumbnails:
+                on_start("thumbnails", len(todo.thumbnails))
+                for job, outcome in _extracted(pool, todo.thumbnails, [], thumbnails=True):
+                    if not isinstance(outcome, str):
+                        writer.thumbnail((job.image_id, outcome.digest, outcome.thumbnail))
+                    on_done(job, outcome if isinstance(outcome, str) else None)
+                writer.commit()
             for name in () if defer else slow:
                 owed = _owed_by_files(library, name)
                 on_start(name, len(owed))
@@ -161,12 +175,14 @@ def run(
     return report
 
 
-def _extracted(pool: ProcessPoolExecutor, jobs: list[Job], engines: list[str]) -> Iterator[tuple[Job, object]]:
-    """Each job with its `engines`' features (a worker.Extracted) or why they could not be made, in order."""
+def _extracted(
+    pool: ProcessPoolExecutor, jobs: list[Job], engines: list[str], thumbnails: bool = False
+) -> Iterator[tuple[Job, object]]:
+    """Each job with its `engines`' features and thumbnail (a worker.Extracted) or why they could not be
+    made, in order."""
     chunks = [[job.path for job in jobs[start : start + MODEL_BATCH]] for start in range(0, len(jobs), MODEL_BATCH)]
-    outcomes = (
-        outcome for chunk in pool.map(worker.extract_batch, chunks, [engines] * len(chunks)) for outcome in chunk
-    )
+    asked = pool.map(worker.extract_batch, chunks, [engines] * len(chunks), [thumbnails] * len(chunks))
+    outcomes = (outcome for chunk in asked for outcome in chunk)
     return zip(jobs, outcomes)
 
 
@@ -184,8 +200,8 @@ def _owed_by_files(library: Library, engine: str) -> dict[Job, Pending]:
 
 class _Writer:
     """The one writer: batches of adds (the fast pass, each image owing the `deferred` engines'
-    features) or of owed features (a slow pass), each batch one transaction of BATCH_SIZE images or
-    BATCH_SECONDS, the indexes saved every `checkpoint_seconds`."""
+    features), of thumbnails, or of owed features (a slow pass), each batch one transaction of
+    BATCH_SIZE images or BATCH_SECONDS, the indexes saved every `checkpoint_seconds`."""
 
     def __init__(self, library: Library, checkpoint_seconds: float, deferred: tuple[str, ...]):
         self.library = library
@@ -193,6 +209,7 @@ class _Writer:
         self.deferred = deferred
         self._adds: list[tuple[ImageRecord, dict]] = []
         self._owed: list[tuple[Pending, dict]] = []
+        self._thumbnails: list[tuple[int, bytes, bytes]] = []
         self._last_commit = self._last_checkpoint = time.monotonic()
 
     def add(self, item: tuple[ImageRecord, dict]) -> None:
@@ -203,16 +220,25 @@ class _Writer:
         self._owed.append(item)
         self._maybe_commit()
 
+    def thumbnail(self, item: tuple[int, bytes, bytes]) -> None:
+        self._thumbnails.append(item)
+        self._maybe_commit()
+
     def commit(self) -> None:
         if self._adds:
             self.library.add_many(self._adds, self.deferred)
         if self._owed:
             self.library.complete(self._owed)
-        self._adds, self._owed = [], []
+        if self._thumbnails:
+            self.library.store.put_thumbnails(self._thumbnails)
+        self._adds, self._owed, self._thumbnails = [], [], []
         self._last_commit = time.monotonic()
 
     def _maybe_commit(self) -> None:
-        if len(self._adds) + len(self._owed) >= BATCH_SIZE or time.monotonic() - self._last_commit > BATCH_SECONDS:
+        if (
+            len(self._adds) + len(self._owed) + len(self._thumbnails) >= BATCH_SIZE
+            or time.monotonic() - self._last_commit > BATCH_SECONDS
+        ):
             self.commit()
         if time.monotonic() - self._last_checkpoint > self.checkpoint_seconds:
             self.library.checkpoint()

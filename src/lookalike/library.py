@@ -23,7 +23,8 @@ from .errors import InvalidRequest, NotFound
 from .indexes import DEFAULT_NPROBE, Hit, IndexSetup, Matches, Measure, Training
 from .indexes.manager import IndexManager
 from .locks import lock_data_dir
-from .store import MAX_FILE_NAME_BYTES, MAX_IMAGE_ID, FeatureStore, ImageRecord, Pending
+from .store import FeatureStore, ImageRecord, Pending, check_file_name, check_image_id
+from .thumbnails import THUMBNAIL, make_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,11 @@ class Library:
         for engine in self.engines.values():
             engine.prepare()
 
-    def decode(self, data: bytes, engines: list[str]) -> dict[str, Image.Image]:
-        """Each engine's image, the same whichever engines share the call (`decode.decode_views`)."""
-        return decode_for([self.engines[name] for name in engines], data, self.max_pixels, self.decode_budget)
+    def decode(self, data: bytes, engines: list[str], thumbnail: bool = False) -> dict[str, Image.Image]:
+        """Each engine's image, the same whichever engines share the call (`decode.decode_views`), and
+        with `thumbnail` the view a thumbnail is made from (as THUMBNAIL)."""
+        chosen = [self.engines[name] for name in engines]
+        return decode_for(chosen, data, self.max_pixels, self.decode_budget, thumbnail)
 
     def extract(self, data: bytes, engines: list[str] | None = None) -> dict:
         engines = self._engine_names(engines)
@@ -126,8 +129,12 @@ class Library:
         check_file_name(file_name)
         engines = self._engine_names(engines)
         deferred = self.deferrable(engines) if defer_slow else ()
-        features = self.extract(data, [name for name in engines if name not in deferred])
-        record = ImageRecord(image_id, file_name, digest=hashlib.sha256(data).digest())
+        made = [name for name in engines if name not in deferred]
+        images = self.decode(data, made, thumbnail=True)
+        with self.extracting:
+            features = {name: self.engines[name].extract(images[name]) for name in made}
+            thumbnail = make_thumbnail(data, images[THUMBNAIL]).to_bytes()
+        record = ImageRecord(image_id, file_name, digest=hashlib.sha256(data).digest(), thumbnail=thumbnail)
         with self._write_lock:
             self.store.add(record, features, deferred, data)
             for name, feature in features.items():
@@ -354,8 +361,7 @@ class Library:
         return {
             "images": self.store.count(),
             "backlog": self.store.backlog(),
-            "store_bytes": self.store.disk_bytes(),
-            "engines": {name: self.indexes.stats(name) for name in self.engines},
+            "engines": {name: self.indexes.stats(name) | {"model": e.model} for name, e in self.engines.items()},
         }
 
     def close(self) -> None:
@@ -384,17 +390,3 @@ class Library:
         if unknown:
             raise NotFound(f"engine {unknown[0]!r} is not served; served engines: {', '.join(self.engines)}")
         return engines
-
-
-def check_image_id(image_id: int) -> None:
-    if not 0 <= image_id <= MAX_IMAGE_ID:
-        raise InvalidRequest(f"image_id must be between 0 and {MAX_IMAGE_ID}, got {image_id}")
-
-
-def check_file_name(file_name: str) -> None:
-    try:
-        size = len(file_name.encode())
-    except UnicodeEncodeError:
-        raise InvalidRequest("file_name must be valid Unicode text (it holds a lone surrogate)") from None
-    if size > MAX_FILE_NAME_BYTES:
-        raise InvalidRequest(f"file_name is {size} bytes in UTF-8; the limit is {MAX_FILE_NAME_BYTES}")

@@ -16,6 +16,7 @@ import cv2
 from .engines import Engine, EngineOptions, decode_for, extract_each
 from .errors import LookalikeError
 from .models import runtime
+from .thumbnails import THUMBNAIL, make_thumbnail
 
 _engines: dict[str, Engine] = {}
 _max_pixels = 0
@@ -39,26 +40,30 @@ def start(engines: dict[str, tuple[type[Engine], EngineOptions]], max_pixels: in
 class Extracted:
     digest: bytes  # SHA-256 of the file's bytes
     features: dict  # engine name -> feature
+    thumbnail: bytes = b""  # a thumbnails.Thumbnail, as bytes, where asked for
 
 
-def extract_batch(paths: list[Path], engines: list[str]) -> list[Extracted | str]:
-    """Each file's features in `engines`, or why it could not be read. Neural engines run the decoded
-    images through their model as one batch."""
+def extract_batch(paths: list[Path], engines: list[str], thumbnails: bool = False) -> list[Extracted | str]:
+    """Each file's features in `engines` (and its thumbnail), or why it could not be read. Neural engines
+    run the decoded images through their model as one batch."""
     chosen = {name: _engines[name] for name in engines}
-    outcomes: list[tuple[bytes, dict] | str] = [_decode(path, chosen) for path in paths]
+    outcomes: list[tuple[bytes, bytes, dict] | str] = [_decode(path, chosen, thumbnails) for path in paths]
     decoded = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, str)]
-    found = {name: extract_each(engine, [outcomes[i][1][name] for i in decoded]) for name, engine in chosen.items()}
+    found = {name: extract_each(engine, [outcomes[i][2][name] for i in decoded]) for name, engine in chosen.items()}
     for position, i in enumerate(decoded):
         features = {name: features[position] for name, features in found.items()}
         failed = [f for f in features.values() if isinstance(f, LookalikeError)]  # one engine fails the image
-        outcomes[i] = failed[0].message if failed else Extracted(outcomes[i][0], features)
+        outcomes[i] = failed[0].message if failed else Extracted(outcomes[i][0], features, outcomes[i][1])
     return outcomes
 
 
-def _decode(path: Path, engines: dict[str, Engine]) -> tuple[bytes, dict] | str:
+def _decode(path: Path, engines: dict[str, Engine], thumbnail: bool) -> tuple[bytes, bytes, dict] | str:
+    """The file's digest, its thumbnail (where asked for) and each engine's image; or why it cannot be read."""
     try:
         data = path.read_bytes()
-        return hashlib.sha256(data).digest(), decode_for(engines.values(), data, _max_pixels)
+        images = decode_for(engines.values(), data, _max_pixels, thumbnail=thumbnail)
+        made = make_thumbnail(data, images.pop(THUMBNAIL)).to_bytes() if thumbnail else b""
+        return hashlib.sha256(data).digest(), made, images
     except LookalikeError as exc:
         return exc.message
     except OSError as exc:

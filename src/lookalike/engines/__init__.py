@@ -4,6 +4,7 @@ from collections.abc import Iterable
 
 from PIL import Image
 
+from .. import thumbnails
 from ..decode import DEFAULT_MAX_PIXELS, UNLIMITED, DecodeBudget, decode_views
 from ..errors import LookalikeError
 from .base import Engine, EngineOptions, TextSearchable
@@ -55,13 +56,19 @@ def extract_each(engine: Engine, images: list[Image.Image]) -> list:
 
 
 def decode_for(
-    engines: Iterable[Engine], data: bytes, max_pixels: int, budget: DecodeBudget = UNLIMITED
+    engines: Iterable[Engine],
+    data: bytes,
+    max_pixels: int,
+    budget: DecodeBudget = UNLIMITED,
+    thumbnail: bool = False,
 ) -> dict[str, Image.Image]:
     """Each engine's image (name -> image), decoded as small as that engine allows: the same image
-    whichever engines share the call."""
+    whichever engines share the call; with `thumbnail`, also the view a thumbnail is made from (THUMBNAIL)."""
     engines = list(engines)
-    views = decode_views(data, {engine.decode_side for engine in engines}, max_pixels, budget)
-    return {engine.name: views[engine.decode_side] for engine in engines}
+    sides = {engine.decode_side for engine in engines} | ({thumbnails.DECODE_SIDE} if thumbnail else set())
+    views = decode_views(data, sides, max_pixels, budget)
+    chosen = {engine.name: views[engine.decode_side] for engine in engines}
+    return chosen | ({thumbnails.THUMBNAIL: views[thumbnails.DECODE_SIDE]} if thumbnail else {})
 
 
 def decode_for_engine(

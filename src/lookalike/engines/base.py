@@ -54,6 +54,11 @@ class Engine(ABC):
     def __init__(self, options: EngineOptions | None = None):
         self.options = options or self.Options()
 
+    @property
+    def model(self) -> str | None:
+        """The model it runs (its descriptor, for local features), as the library page shows it."""
+        return getattr(self.options, "model", None) or getattr(self.options, "descriptor", None)
+
     def prepare(self) -> None:
         """Fetch or load what extraction needs (a model), so that it happens once and up front."""
 

@@ -16,11 +16,13 @@ from starlette.routing import Match
 from ..background import BackgroundPass
 from ..config import Settings
 from ..decode import return_large_blocks_to_the_os
+from ..duplicates import GroupsOfTheLibrary
 from ..engines import ENGINES
 from ..errors import Busy, LookalikeError
 from ..library import Library
 from . import access, legacy, routes
 from .limits import UploadLimit
+from .web import add_web_page
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
         app.state.library = library or Library.from_settings(settings)
         await run_in_threadpool(app.state.library.prepare)  # models load before the first request, not during it
         saver = asyncio.create_task(_checkpoint_every(app.state.library, settings.checkpoint_seconds))
+        app.state.duplicates = GroupsOfTheLibrary(app.state.library)
         app.state.background = BackgroundPass(app.state.library)
         app.state.background.start()  # the backlog a crash, a restart or `index --defer` left resumes now
         try:
@@ -83,6 +86,7 @@ def create_app(settings: Settings | None = None, library: Library | None = None)
     app.include_router(legacy.gateway_router)
     for name in settings.engines:
         legacy.add_original_routes(app, name, ENGINES[name])
+    add_web_page(app)
     access.document_access(app, settings)
     return app
 

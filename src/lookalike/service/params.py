@@ -212,6 +212,18 @@ class FusedSearchOut(BaseModel):
     hits: list[FusedHitOut]
 
 
+class ImageInfoOut(BaseModel):
+    """What the library holds of an image."""
+
+    image_id: int
+    file_name: str
+    width: int | None = Field(description="The original's width, upright (null: stored before thumbnails were).")
+    height: int | None
+    bytes: int | None = Field(description="The original's size in bytes.")
+    engines: list[str] = Field(description="The engines holding its feature.")
+    pending: list[str] = Field(description="The engines the background pass still owes its feature (GET /jobs).")
+
+
 class PairOut(BaseModel):
     images: tuple[int, int]
     tier: Verdict

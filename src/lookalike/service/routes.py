@@ -5,14 +5,16 @@ and index searches never block the event loop. The original services' endpoint n
 bind the same handlers to fixed engines.
 """
 
+import hashlib
+from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
 
-from ..duplicates import duplicate_groups
+from .. import catalog
 from ..errors import ImageTooLarge, InvalidRequest
 from ..fusion import Verdict
-from ..gateway import ReverseSearch, reverse_search, text_search
+from ..gateway import ReverseSearch, reverse_search, stored_search, text_search
 from ..indexes import Hit
 from ..library import Library
 from ..store import MAX_FILE_NAME_BYTES, MAX_IMAGE_ID
@@ -31,6 +33,7 @@ from .params import (
     FusedSearchOut,
     FusedSearchParams,
     HitOut,
+    ImageInfoOut,
     ImageSearchParams,
     Job,
     SearchParams,
@@ -128,6 +131,17 @@ def search_everywhere(
     return fused_out(reverse_search(library_of(request), read_upload(request, image), params.k))
 
 
+@router.get(
+    "/images/{image_id}/similar", tags=["all engines"], response_model_exclude_none=True, responses=STORED_SEARCH_ERRORS
+)
+def similar_everywhere(
+    request: Request, image_id: ImageIdPath, params: Annotated[FusedSearchParams, Query()]
+) -> FusedSearchOut:
+    """`POST /search`'s answer for a stored image, from its stored features, itself left out (its mirror
+    image is not looked at: its pixels are not kept)."""
+    return fused_out(stored_search(library_of(request), image_id, params.k))
+
+
 @router.post("/search_text", tags=["all engines"], response_model_exclude_none=True, responses=STORED_SEARCH_ERRORS)
 def search_text_everywhere(request: Request, body: TextSearchBody) -> TextSearchOut:
     """Photos a text describes ("a dog on a beach"), by the better of the image-text engine's similarity
@@ -153,13 +167,36 @@ def duplicates(
     groups first. A group's every pair is within its tier: a burst of similar shots is `similar`."""
     if tier is Verdict.NONE:
         raise InvalidRequest("tier none groups nothing: give exact, near_duplicate, copy or similar")
-    groups = duplicate_groups(library_of(request), tier)
+    groups = request.app.state.duplicates.groups(tier)
     return {"total": len(groups), "groups": [group.as_dict() for group in groups[offset : offset + limit]]}
+
+
+@router.get("/images/{image_id}", tags=["all engines"], responses=STORED_SEARCH_ERRORS)
+def image_info(request: Request, image_id: ImageIdPath) -> ImageInfoOut:
+    return asdict(catalog.describe(library_of(request), image_id))
+
+
+@router.get(
+    "/images/{image_id}/thumbnail",
+    tags=["all engines"],
+    response_class=Response,
+    responses={200: {"content": {"image/webp": {}}, "description": "A WebP, its long side 256 px"}}
+    | STORED_SEARCH_ERRORS,
+)
+def thumbnail(request: Request, image_id: ImageIdPath) -> Response:
+    """The image's thumbnail, made when it was added (or now, for an image stored before thumbnails were)."""
+    webp = catalog.thumbnail(library_of(request), image_id).webp
+    # An id may be deleted and added again as another photo: browsers keep the bytes but ask each time.
+    tag = f'"{hashlib.blake2b(webp, digest_size=12).hexdigest()}"'
+    headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
+    if tag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(webp, media_type="image/webp", headers=headers)
 
 
 @router.get("/stats", tags=["service"], responses=READ_ERRORS)
 def stats(request: Request):
-    return library_of(request).stats()
+    return catalog.stats(library_of(request))
 
 
 @router.get("/jobs", tags=["service"], responses=READ_ERRORS)

@@ -3,6 +3,15 @@ per engine and the backlog of features still owed, in one LMDB environment (`fea
 
 from .backlog import Pending
 from .feature_store import EngineFeatures, FeatureStore
-from .records import MAX_FILE_NAME_BYTES, MAX_IMAGE_ID, ImageRecord
+from .records import MAX_FILE_NAME_BYTES, MAX_IMAGE_ID, ImageRecord, check_file_name, check_image_id
 
-__all__ = ["MAX_FILE_NAME_BYTES", "MAX_IMAGE_ID", "EngineFeatures", "FeatureStore", "ImageRecord", "Pending"]
+__all__ = [
+    "MAX_FILE_NAME_BYTES",
+    "MAX_IMAGE_ID",
+    "EngineFeatures",
+    "FeatureStore",
+    "ImageRecord",
+    "Pending",
+    "check_file_name",
+    "check_image_id",
+]

@@ -7,17 +7,19 @@ Layout (keys are 8-byte big-endian image ids unless noted):
     digests      id -> SHA-256 of the image's bytes, as added (images added before it was kept have none)
     contents     SHA-256 + id -> nothing: the images with given bytes, found by a range read
     f:<engine>   id -> the engine's raw feature bytes
-    j:<engine>   sequence number -> id touched; FAISS indexes replay it to catch up after a crash
+    j:<engine>   each engine's journal of the ids touched (`journal.py`)
+    thumbnails   id -> the image's `thumbnails.Thumbnail`, as bytes: what the web page shows
     backlog, held  the slow engines' features still owed (`backlog.py`)
 
-One LMDB write transaction covers an image's record and its features in every engine (and its backlog
-entry), so an add or delete is all or nothing, and the journal entry commits with the change it describes.
+One LMDB write transaction covers an image's record, its thumbnail, its features in every engine (and
+its backlog entry), so an add or delete is all or nothing, and the journal entry commits with the change
+it describes.
 """
 
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from itertools import groupby, takewhile
 from pathlib import Path
 from typing import TypeVar
@@ -29,6 +31,8 @@ from ..errors import Conflict, NotFound, StorageFull
 from ..features import FeatureSpec
 from ..locks import SharedExclusiveLock
 from .backlog import Backlog, Pending
+from .engine_features import EngineFeatures
+from .journal import Journals
 from .records import ImageRecord, id_key, key_id, name_key
 from .schema import check_schema
 
@@ -42,7 +46,7 @@ class FeatureStore:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.specs = specs
-        self._env = lmdb.open(str(path), map_size=_INITIAL_MAP_SIZE, max_dbs=8 + 2 * len(specs))
+        self._env = lmdb.open(str(path), map_size=_INITIAL_MAP_SIZE, max_dbs=10 + 2 * len(specs))
         if self._env.info()["map_size"] < _INITIAL_MAP_SIZE:
             self._env.set_mapsize(_INITIAL_MAP_SIZE)
         self._meta = self._env.open_db(b"meta")
@@ -50,8 +54,9 @@ class FeatureStore:
         self._names = self._env.open_db(b"names")
         self._digests = self._env.open_db(b"digests")
         self._contents = self._env.open_db(b"contents")
+        self._thumbnails = self._env.open_db(b"thumbnails")
         self._features = {name: self._env.open_db(f"f:{name}".encode()) for name in specs}
-        self._journals = {name: self._env.open_db(f"j:{name}".encode()) for name in specs}
+        self._journals = Journals(self._env, self._meta, specs)
         self._backlog = Backlog(self._env)
         self._resizing = SharedExclusiveLock()
         self.uuid = self._write(lambda txn: check_schema(txn, self._meta, specs))
@@ -92,7 +97,9 @@ class FeatureStore:
                 if (record.file_name and not existing.file_name) or (record.digest and not existing.digest):
                     # What the record had stays: a second digest would leave the first one's entry behind.
                     name, digest = record.file_name or existing.file_name, existing.digest or record.digest
-                    self._put_record(txn, replace(record, file_name=name, digest=digest))
+                    self._put_record(txn, replace(record, file_name=name, digest=digest, thumbnail=b""))
+                if record.thumbnail and txn.get(key, db=self._thumbnails) is None:
+                    txn.put(key, record.thumbnail, db=self._thumbnails)
             self._put_features(txn, record.image_id, features)
             if deferred:
                 self._backlog.put(txn, Pending(record.image_id, record.digest, deferred), data)
@@ -166,12 +173,7 @@ class FeatureStore:
     def trim_journal(self, engine: str, upto: int) -> None:
         """Forget journal entries at or below `upto`, once an index reflecting them is saved."""
 
-        def trim(txn: lmdb.Transaction) -> None:
-            cursor = txn.cursor(db=self._journals[engine])
-            while cursor.first() and key_id(cursor.key()) <= upto:
-                cursor.delete()
-
-        self._write(trim)
+        self._write(lambda txn: self._journals.trim(txn, engine, upto))
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -197,8 +199,31 @@ class FeatureStore:
             return dict.fromkeys(self.specs, 0) | self._backlog.counts(txn)
 
     def record(self, image_id: int) -> ImageRecord | None:
+        """The image's record, with its digest and its thumbnail."""
         with self._reading() as txn:
-            return self._read_record(txn, image_id)
+            record = self._read_record(txn, image_id)
+            thumbnail = txn.get(id_key(image_id), db=self._thumbnails) if record else None
+            return replace(record, thumbnail=bytes(thumbnail)) if thumbnail else record
+
+    def without_thumbnails(self) -> list[ImageRecord]:
+        """The records of images stored before thumbnails were made (without their digests)."""
+        with self._reading() as txn:
+            cursor = txn.cursor(db=self._thumbnails)
+            missing = [(k, v) for k, v in txn.cursor(db=self._images) if not cursor.set_key(k)]
+            return [ImageRecord.from_bytes(key_id(key), value) for key, value in missing]
+
+    def put_thumbnails(self, items: list[tuple[int, bytes, bytes]]) -> None:
+        """Store thumbnails made later, (image id, digest of the bytes it was made from, thumbnail) each,
+        in one transaction; not one of an image replaced or deleted since (a store that kept no digest
+        for it cannot tell: its caller checked the file)."""
+
+        def put(txn: lmdb.Transaction) -> None:
+            for image_id, digest, thumbnail in items:
+                record = self._read_record(txn, image_id)
+                if record is not None and record.digest in (b"", digest):
+                    txn.put(id_key(image_id), thumbnail, db=self._thumbnails)
+
+        self._write(put)
 
     def records(self) -> list[ImageRecord]:
         """Every image's record, without its digest (`record` reads that)."""
@@ -229,6 +254,11 @@ class FeatureStore:
         with self._reading() as txn:
             values = ((i, txn.get(id_key(i), db=self._images)) for i in image_ids)
             return [None if value is None else ImageRecord.from_bytes(i, value).file_name for i, value in values]
+
+    def engines_of(self, image_id: int) -> list[str]:
+        """The engines holding a feature of the image."""
+        with self._reading() as txn:
+            return [name for name, db in self._features.items() if txn.get(id_key(image_id), db=db) is not None]
 
     def feature(self, engine: str, image_id: int) -> np.ndarray | None:
         with self._reading() as txn:
@@ -270,24 +300,17 @@ class FeatureStore:
             features = self.specs[engine].collect(values())
         return np.array(ids, np.int64), features
 
-    def source(self, engine: str) -> "EngineFeatures":
+    def source(self, engine: str) -> EngineFeatures:
         return EngineFeatures(self, engine)
 
     def journal_seq(self, engine: str) -> int:
         with self._reading() as txn:
-            return self._seq(txn, engine)
+            return self._journals.seq(txn, engine)
 
     def journal_since(self, engine: str, seq: int) -> set[int] | None:
         """Ids touched after `seq`; None when the journal cannot say (trimmed past it, or `seq` is ahead)."""
         with self._reading() as txn:
-            current = self._seq(txn, engine)
-            if seq >= current:
-                return set() if seq == current else None
-            cursor = txn.cursor(db=self._journals[engine])
-            if not cursor.first() or key_id(cursor.key()) > seq + 1:
-                return None
-            cursor.set_range(id_key(seq + 1))
-            return {key_id(value) for value in cursor.iternext(keys=False, values=True)}
+            return self._journals.since(txn, engine, seq)
 
     def disk_bytes(self) -> int:
         info, stat = self._env.info(), self._env.stat()
@@ -299,7 +322,7 @@ class FeatureStore:
         key = id_key(image_id)
         deleted = [name for name in engines if txn.delete(key, db=self._features[name])]
         for name in deleted:
-            self._journal(txn, name, image_id)
+            self._journals.record(txn, name, image_id)
         pending = self._backlog.get(txn, image_id)
         if pending is not None:
             deleted += [name for name in engines if name in pending.engines and name not in deleted]
@@ -309,6 +332,7 @@ class FeatureStore:
             record = self._read_record(txn, image_id)
             if record is not None:
                 txn.delete(key, db=self._images)
+                txn.delete(key, db=self._thumbnails)
                 if record.file_name:
                     txn.delete(name_key(record.file_name), db=self._names)
                 if record.digest:
@@ -319,17 +343,8 @@ class FeatureStore:
     def _put_features(self, txn: lmdb.Transaction, image_id: int, features: dict[str, np.ndarray]) -> None:
         for name, feature in features.items():
             txn.put(id_key(image_id), self._encode(name, feature), db=self._features[name])
-            self._journal(txn, name, image_id)
+            self._journals.record(txn, name, image_id)
         self._backlog.done(txn, image_id, features)
-
-    def _journal(self, txn: lmdb.Transaction, engine: str, image_id: int) -> None:
-        seq = self._seq(txn, engine) + 1
-        txn.put(f"seq:{engine}".encode(), id_key(seq), db=self._meta)
-        txn.put(id_key(seq), id_key(image_id), db=self._journals[engine])
-
-    def _seq(self, txn: lmdb.Transaction, engine: str) -> int:
-        value = txn.get(f"seq:{engine}".encode(), db=self._meta)
-        return 0 if value is None else key_id(value)
 
     def _encode(self, engine: str, feature) -> bytes:
         try:
@@ -340,6 +355,8 @@ class FeatureStore:
     def _put_record(self, txn: lmdb.Transaction, record: ImageRecord) -> None:
         key = id_key(record.image_id)
         txn.put(key, record.to_bytes(), db=self._images)
+        if record.thumbnail:
+            txn.put(key, record.thumbnail, db=self._thumbnails)
         if record.file_name:
             txn.put(name_key(record.file_name), key, db=self._names)
         if record.digest:
@@ -377,24 +394,3 @@ class FeatureStore:
                         "this change was not written; free some space and retry"
                     ) from exc
                 raise
-
-
-@dataclass(frozen=True)
-class EngineFeatures:
-    """One engine's features in the store, as its index reads them (`indexes.FeatureSource`)."""
-
-    store: FeatureStore
-    engine: str
-
-    @property
-    def spec(self) -> FeatureSpec:
-        return self.store.specs[self.engine]
-
-    def read(self, image_ids: list[int] | None = None) -> tuple[np.ndarray, list | np.ndarray]:
-        return self.store.read_features(self.engine, image_ids)
-
-    def ids(self) -> np.ndarray:
-        return self.store.feature_ids(self.engine)
-
-    def count(self) -> int:
-        return self.store.count(self.engine)
