@@ -84,7 +84,8 @@ ALLOWED_IMPORTS = {
         "models",
         "service",
     },
-    "indexer": {"errors", "library", "store", "worker"},
+    "indexer": {"errors", "library", "store", "worker", "ray_workers"},
+    "ray_workers": {"worker"},
     "worker": {"decode", "engines", "errors", "models", "thumbnails"},
     "__main__": {"cli"},
 }

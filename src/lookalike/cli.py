@@ -58,6 +58,14 @@ def index(
             "which makes them in the background (`lookalike serve`; GET /jobs shows how far it is)."
         ),
     ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Extract on a Ray cluster: its address (ray://host:10001, host:6379), 'auto' (the cluster "
+            "this machine belongs to, or RAY_ADDRESS), or 'local' (a Ray instance of this machine). Needs "
+            "lookalike[ray] on every node; the store is written here only.",
+        ),
+    ] = None,
 ) -> None:
     """Index every image under DIRECTORY; files already indexed and unchanged are skipped. The fast
     engines first, so the library answers their searches as soon as possible, then one pass per slow
@@ -83,7 +91,7 @@ def index(
             progress.advance(tasks[-1])
 
         try:
-            report = indexer.run(library, directory, workers, start, done, settings.checkpoint_seconds, defer)
+            report = indexer.run(library, directory, workers, start, done, settings.checkpoint_seconds, defer, ray)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: what was indexed is saved; run the same command to resume")
             raise typer.Exit(130) from None

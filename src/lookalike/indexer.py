@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -122,10 +122,12 @@ def run(
     on_done: Callable[[Job, str | None], None] = lambda job, error: None,
     checkpoint_seconds: float = 60.0,
     defer: bool = False,
+    ray: str | None = None,
 ) -> Report:
     """Index `root`: the fast pass, then a pass per slow engine (none with `defer`). `on_start` is
     called as each pass starts, with its name ("fast engines", or the slow engine's) and its number of
-    images; `on_done` once per image of a pass, with an error message or None."""
+    images; `on_done` once per image of a pass, with an error message or None. With `ray` (a Ray
+    cluster's address, "auto", or "local"), the workers are Ray actors there (`ray_workers.py`)."""
     todo = plan(library, root)
     report = Report(unchanged=todo.unchanged, removed=len(todo.missing), failed=todo.failed, taken=todo.taken)
     if todo.missing:
@@ -133,10 +135,8 @@ def run(
     slow = library.deferrable(list(library.engines))
     fast = [name for name in library.engines if name not in slow]
     library.prepare()  # a model is exported (or downloaded) once here, not by every worker at once
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding FAISS/OpenMP threads
     engines = {name: (type(engine), engine.options) for name, engine in library.engines.items()}
-    start_args = (engines, library.max_pixels, os.getpid())
-    with ProcessPoolExecutor(workers or os.cpu_count(), context, worker.start, start_args) as pool:
+    with _workers(workers, engines, library.max_pixels, ray) as pool:
         writer = _Writer(library, checkpoint_seconds, slow)
         try:
             on_start("fast engines" if slow else "all engines", len(todo.jobs))
@@ -175,8 +175,19 @@ def run(
     return report
 
 
+def _workers(count: int | None, engines: dict, max_pixels: int, ray: str | None) -> Executor:
+    """The extraction workers: local processes, or Ray actors where `ray` names a cluster."""
+    if ray is not None:
+        from .ray_workers import RayWorkers  # Ray is imported only when asked for
+
+        return RayWorkers(ray, count, engines, max_pixels)
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding FAISS/OpenMP threads
+    start_args = (engines, max_pixels, os.getpid())
+    return ProcessPoolExecutor(count or os.cpu_count(), context, worker.start, start_args)
+
+
 def _extracted(
-    pool: ProcessPoolExecutor, jobs: list[Job], engines: list[str], thumbnails: bool = False
+    pool: Executor, jobs: list[Job], engines: list[str], thumbnails: bool = False
 ) -> Iterator[tuple[Job, object]]:
     """Each job with its `engines`' features and thumbnail (a worker.Extracted) or why they could not be
     made, in order."""

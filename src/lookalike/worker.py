@@ -23,15 +23,21 @@ _max_pixels = 0
 
 
 def start(engines: dict[str, tuple[type[Engine], EngineOptions]], max_pixels: int, parent_pid: int) -> None:
-    """Process initializer: build the library's engines (name -> class and options) once per worker."""
-    global _max_pixels
+    """Process initializer of the local pool: `set_up`, and exit with the indexer."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    set_up(engines, max_pixels)
+
+
+def set_up(engines: dict[str, tuple[type[Engine], EngineOptions]], max_pixels: int) -> None:
+    """Build the library's engines (name -> class and options) once per worker (a process of the local
+    pool, or a Ray actor)."""
+    global _max_pixels
     # The parallelism is one worker per core: thread pools of OpenCV and torch (read at its import)
     # would only contend with the other workers.
     os.environ["OMP_NUM_THREADS"] = "1"
     cv2.setNumThreads(1)
     runtime.set_threads(1)
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     _engines.update({name: engine(options) for name, (engine, options) in engines.items()})
     _max_pixels = max_pixels
 
