@@ -53,7 +53,7 @@ def same_library(a: Library, b: Library) -> None:
         else:
             assert np.array_equal(features_a, features_b), engine
     for image_id in a.store.feature_ids("phash").tolist():
-        assert a.store.record(image_id).thumbnail == b.store.record(image_id).thumbnail
+        assert a.store.thumbnail(image_id) == b.store.thumbnail(image_id)
 
 
 def extractors() -> set[int]:

@@ -146,11 +146,11 @@ def test_index_makes_thumbnails_and_gives_older_images_theirs_without_remaking_f
         assert library.store.without_thumbnails() == []
         assert {name: library.store.journal_seq(name) for name in ENGINES} == journal  # no feature made again
         for image_id in range(3):
-            made = library.store.record(image_id).thumbnail
+            made = library.store.thumbnail(image_id)
             path = library.store.record(image_id).file_name
             with Library(tmp_path / f"fresh{image_id}", ENGINES) as fresh:
                 fresh.add(0, open(path, "rb").read())
-                assert fresh.store.record(0).thumbnail == made  # as an add makes it
+                assert fresh.store.thumbnail(0) == made  # as an add makes it
 
 
 def test_an_older_image_gets_its_thumbnail_on_first_request_where_its_bytes_can_be_read(tmp_path, photos):
@@ -166,7 +166,7 @@ def test_an_older_image_gets_its_thumbnail_on_first_request_where_its_bytes_can_
     settings = Settings(data_dir=data_dir, engines=ENGINES)
     with TestClient(create_app(settings), base_url=LOCAL_URL) as client:
         assert thumbnail_of(client, 0).size == (256, 256)  # astronaut, from its file
-        assert client.app.state.library.store.record(0).thumbnail  # kept
+        assert client.app.state.library.store.thumbnail(0)  # kept
         assert ok(client.get("/images/0"))["width"] == 512
         assert "add it again" in error(client.get("/images/2/thumbnail"), 404)  # its file changed since
         assert "add it again" in error(client.get("/images/7/thumbnail"), 404)  # an upload's bytes are not kept

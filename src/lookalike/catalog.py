@@ -31,7 +31,8 @@ class ImageInfo:
 
 def describe(library: Library, image_id: int) -> ImageInfo:
     record = _record(library, image_id)
-    thumbnail = Thumbnail.from_bytes(record.thumbnail) if record.thumbnail else None
+    stored = library.store.thumbnail(image_id)
+    thumbnail = Thumbnail.from_bytes(stored) if stored else None
     size = thumbnail.size if thumbnail else record.size or None
     return ImageInfo(
         image_id,
@@ -48,8 +49,9 @@ def thumbnail(library: Library, image_id: int) -> Thumbnail:
     """The image's thumbnail, made now (and stored) where it was stored without one and its bytes can
     still be read."""
     record = _record(library, image_id)
-    if record.thumbnail:
-        return Thumbnail.from_bytes(record.thumbnail)
+    stored = library.store.thumbnail(image_id)
+    if stored:
+        return Thumbnail.from_bytes(stored)
     data = library.store.held(image_id) or _unchanged_file(record)
     if data is None:
         raise NotFound(

@@ -53,9 +53,3 @@ class RayWorkers(Executor):
         self._actors = []
         if self._started and ray.is_initialized():
             ray.shutdown()
-
-    def __enter__(self) -> "RayWorkers":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()

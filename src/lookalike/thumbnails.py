@@ -18,7 +18,7 @@ THUMBNAIL = "thumbnail"  # the thumbnail's view among the engines' in `engines.d
 # The view the thumbnail is made from: its shorter side at least SIDE, so a landscape's long side is too.
 DECODE_SIDE = SIDE
 QUALITY = 80  # WebP's quality: 256-px photos at about 9 KB, no blocking seen at this size
-# WebP's effort (0-6): 2 takes 7 ms a thumbnail where 4 takes 10, for 5% more bytes (bench/thumbnail_cost.py).
+# WebP's effort (0-6): 2 took 7 ms where 4 took 10, for 5% more bytes, on a 500x375 view (docs/benchmarks.md).
 METHOD = 2
 _HEADER = struct.Struct(">IIQ")  # width, height, bytes of the original
 

@@ -199,11 +199,15 @@ class FeatureStore:
             return dict.fromkeys(self.specs, 0) | self._backlog.counts(txn)
 
     def record(self, image_id: int) -> ImageRecord | None:
-        """The image's record, with its digest and its thumbnail."""
+        """The image's record, with its digest (its thumbnail: `thumbnail`)."""
         with self._reading() as txn:
-            record = self._read_record(txn, image_id)
-            thumbnail = txn.get(id_key(image_id), db=self._thumbnails) if record else None
-            return replace(record, thumbnail=bytes(thumbnail)) if thumbnail else record
+            return self._read_record(txn, image_id)
+
+    def thumbnail(self, image_id: int) -> bytes | None:
+        """The image's `thumbnails.Thumbnail`, as bytes; None where it has none."""
+        with self._reading() as txn:
+            value = txn.get(id_key(image_id), db=self._thumbnails)
+            return None if value is None else bytes(value)
 
     def without_thumbnails(self) -> list[ImageRecord]:
         """The records of images stored before thumbnails were made (without their digests)."""

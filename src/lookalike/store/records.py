@@ -35,7 +35,7 @@ class ImageRecord:
     size: int = 0
     mtime_ns: int = 0
     digest: bytes = b""  # SHA-256 of the bytes it was made from: the same bytes are the same image
-    thumbnail: bytes = b""  # a `thumbnails.Thumbnail`, as bytes: kept apart, in `thumbnails`
+    thumbnail: bytes = b""  # a `thumbnails.Thumbnail`, as bytes, written with it (read: `FeatureStore.thumbnail`)
 
     @property
     def from_folder(self) -> bool:
