@@ -56,7 +56,7 @@ ALLOWED_IMPORTS = {
     "fusion": {"indexes"},
     "gateway": {"errors", "fusion", "indexes", "library"},
     "duplicates": {"engines", "errors", "fusion", "indexes", "library"},
-    "config": {"engines"},
+    "config": {"engines", "indexes"},
     "service": {
         "background",
         "catalog",

@@ -1,4 +1,5 @@
-"""One contract over every kind of index (`lookalike.indexes.INDEX_KINDS`), then each kind's own checks.
+"""One contract over every kind of index in every backend (`lookalike.indexes.INDEX_KINDS`, and the
+Milvus kinds against a Milvus Lite the tests start), then each kind's own checks.
 
 Each kind gets features made here, such that every stored feature, used as the query, finds its own
 image first: random codes, histograms and unit vectors; keypoints with random descriptors, verified by
@@ -9,7 +10,8 @@ changes.
 """
 
 import threading
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +19,11 @@ import pytest
 from helpers import MemorySource
 
 from lookalike.features import FeatureSpec, Keypoints, Matches, TextLine, TextLines
-from lookalike.indexes import INDEX_KINDS, IndexSetup, Marker, Measure, Training, index_kind
+from lookalike.indexes import INDEX_KINDS, IndexSetup, Marker, Measure, Training, index_kind, milvus_kinds
 from lookalike.indexes import points as points_module
 from lookalike.indexes import vectors as vectors_module
 from lookalike.indexes.manager import IndexManager
+from lookalike.indexes.milvus import Collection, Milvus
 from lookalike.indexes.templates import train_template
 from lookalike.indexes.vectors import VectorIndex
 from lookalike.store import FeatureStore, ImageRecord
@@ -78,6 +81,11 @@ class Case:
     spec: FeatureSpec
     make: object  # (rng, n) -> features
     verify: object = None
+    milvus: Milvus | None = None  # the Milvus holding its indexes; None: FAISS
+
+    @property
+    def backend(self) -> str:
+        return "faiss" if self.milvus is None else "milvus"
 
     def features(self, seed: int = 0, n: int = COUNT) -> dict[int, object]:
         return dict(zip(IDS[:n], self.make(np.random.default_rng(seed), n)))
@@ -92,21 +100,53 @@ CASES = [
 ]
 
 
+# Texts are indexed by the same TextIndex in both backends.
+IN_MILVUS = [case for case in CASES if case.spec.kind != "text"]
+
+
 def test_every_index_kind_has_a_case():
     assert {case.spec.kind for case in CASES} == set(INDEX_KINDS)
+    assert {case.spec.kind for case in IN_MILVUS} == set(milvus_kinds()) - {"text"}
 
 
-@pytest.fixture(params=CASES, ids=lambda case: case.name)
+@pytest.fixture(scope="session")
+def milvus_lite(tmp_path_factory) -> str:
+    """A Milvus Lite database file: pymilvus starts its embedded server on first connection."""
+    return str(tmp_path_factory.mktemp("milvus") / "indexes.db")
+
+
+@pytest.fixture
+def milvus(milvus_lite):
+    """A connection whose collections are this test's alone."""
+    connection = Milvus(milvus_lite, prefix=f"t{uuid.uuid4().hex[:12]}_")
+    yield connection
+    connection.close()
+
+
+@pytest.fixture(
+    params=[*CASES, *(replace(case, milvus=True) for case in IN_MILVUS)],
+    ids=lambda case: case.name + ("-milvus" if case.milvus else ""),
+)
 def case(request) -> Case:
-    return request.param
+    return replace(request.param, milvus=request.getfixturevalue("milvus")) if request.param.milvus else request.param
 
 
 def setup_of(case: Case, features: dict, files: Path | None = None) -> IndexSetup:
-    return IndexSetup(MemorySource(case.spec, features), files, verify=case.verify)
+    if case.milvus and files is None:
+        files = Path("engine")  # a collection is named for its engine, saved or not
+    return IndexSetup(MemorySource(case.spec, features), files, verify=case.verify, milvus=case.milvus)
+
+
+def lose(case: Case, setup: IndexSetup) -> None:
+    """What a lost index looks like: its files torn, or its collection dropped."""
+    if case.milvus:
+        Collection(setup).drop()
+    for path in setup.files.parent.glob(setup.files.name + "*"):
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
 
 
 def filled(case: Case, features: dict, files: Path | None = None):
-    index = index_kind(case.spec)(setup_of(case, features, files))
+    index = index_kind(case.spec, case.backend)(setup_of(case, features, files))
     index.add(np.array(list(features), np.int64), list(features.values()))
     return index
 
@@ -162,7 +202,7 @@ class TestEveryIndexKind:
         assert index.search([features[gone[0]]], k=1)[0].image_id == gone[0]
 
     def test_an_empty_index_finds_nothing(self, case):
-        index = index_kind(case.spec)(setup_of(case, {}))
+        index = index_kind(case.spec, case.backend)(setup_of(case, {}))
         assert index.ntotal == 0
         assert index.search([case.features(n=1)[IDS[0]]], k=5) == []
 
@@ -170,27 +210,27 @@ class TestEveryIndexKind:
         features = case.features()
         index = filled(case, features, tmp_path / "engine")
         index.save(Marker("store-uuid", 42))
-        loaded, marker = index_kind(case.spec).load(setup_of(case, features, tmp_path / "engine"))
+        loaded, marker = index_kind(case.spec, case.backend).load(setup_of(case, features, tmp_path / "engine"))
         assert marker == Marker("store-uuid", 42) and loaded.ntotal == COUNT
         assert answers(loaded, features) == answers(index, features)
 
     def test_load_refuses_what_it_cannot_trust(self, case, tmp_path):
-        kind = index_kind(case.spec)
+        kind = index_kind(case.spec, case.backend)
         assert kind.load(setup_of(case, {}, tmp_path / "missing")) is None
         index = filled(case, case.features(), tmp_path / "engine")
+        assert kind.load(setup_of(case, {}, tmp_path / "engine")) is None  # never saved
         index.save(Marker("store-uuid", 1))
         another = FeatureSpec(case.spec.kind, case.spec.dim, case.spec.metric, model="another")
-        other = Case(case.name, another, case.make)
+        other = replace(case, spec=another)
         assert kind.load(setup_of(other, {}, tmp_path / "engine")) is None  # made for another feature
-        for path in tmp_path.iterdir():
-            path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # torn
+        lose(case, setup_of(case, {}, tmp_path / "engine"))
         assert kind.load(setup_of(case, {}, tmp_path / "engine")) is None
 
     def test_build_from_the_store_equals_adding_one_by_one(self, case, tmp_path):
         features = case.features()
-        built = index_kind(case.spec).build(setup_of(case, features, tmp_path / "engine"))
+        built = index_kind(case.spec, case.backend).build(setup_of(case, features, tmp_path / "built"))
         assert built.ntotal == COUNT
-        assert answers(built, features) == answers(filled(case, features), features)
+        assert answers(built, features) == answers(filled(case, features, tmp_path / "filled"), features)
 
     def test_nothing_to_ask_for_untrained(self, case):
         assert filled(case, case.features()).needs_training() is False
@@ -234,7 +274,9 @@ class Store:
         self.manager = IndexManager(self.store, {"engine": self.setup()}, threading.Lock())
 
     def setup(self) -> IndexSetup:
-        return IndexSetup(self.store.source("engine"), self.path / "engine", verify=self.case.verify)
+        return IndexSetup(
+            self.store.source("engine"), self.path / "engine", verify=self.case.verify, milvus=self.case.milvus
+        )
 
     def add(self, features: dict) -> None:
         self.store.add_many([(ImageRecord(i, f"{i}.jpg"), {"engine": f}) for i, f in features.items()])
@@ -276,21 +318,23 @@ class TestEveryIndexKindInALibrary:
             assert image_id not in [h.image_id for h in reopened.manager["engine"].search([features[image_id]])]
         reopened.close()
 
-    def test_a_lost_or_foreign_index_file_is_rebuilt(self, case, tmp_path):
+    def test_a_lost_or_foreign_index_is_rebuilt(self, case, tmp_path):
         features = case.features()
         store = Store(case, tmp_path / "a")
         store.add(features)
         store.close()
         files = list((tmp_path / "a").glob("engine*"))
-        assert files, "the index was saved"
-        other = Store(case, tmp_path / "b")
-        other.add(dict(list(features.items())[:10]))
-        other.close()
+        assert files or case.milvus, "the index was saved"
+        (tmp_path / "b").mkdir()
         for path in files:  # another store's index, however fresh, is not this one's
             (tmp_path / "b" / path.name).write_bytes(path.read_bytes())
-        equals_its_store(Store(case, tmp_path / "b").manager["engine"], dict(list(features.items())[:10]))
-        for path in files:
-            path.unlink()
+        other = Store(case, tmp_path / "b")  # in Milvus, b finds a's collection: same engine, same prefix
+        assert other.manager["engine"].ntotal == 0
+        other.add(dict(list(features.items())[:10]))
+        equals_its_store(other.manager["engine"], dict(list(features.items())[:10]))
+        other.close()
+        equals_its_store(Store(case, tmp_path / "a").manager["engine"], features)  # Milvus: now b's, rebuilt
+        lose(case, store.setup())
         equals_its_store(Store(case, tmp_path / "a").manager["engine"], features)
 
     def test_stats_count_the_stored_features_and_the_indexed(self, case, tmp_path):
@@ -380,9 +424,21 @@ def test_a_keypoint_many_images_match_alike_shares_its_vote_among_them(monkeypat
     assert IDS[0] not in [hit.image_id for hit in index.search([query])]
 
 
-def test_l1_threshold_search_is_exact():
+@pytest.fixture(params=["faiss", "milvus"])
+def vector_index(request):
+    """An empty vector index of `spec` over `features` in each backend."""
+
+    def make(spec: FeatureSpec, features: dict):
+        milvus = request.getfixturevalue("milvus") if request.param == "milvus" else None
+        return index_kind(spec, request.param)(IndexSetup(MemorySource(spec, features), Path("engine"), milvus=milvus))
+
+    return make
+
+
+def test_l1_threshold_search_is_exact(vector_index):
+    """Exact in Milvus too, which has no L1: its range search by the square roots' L2 finds a superset."""
     features = histograms(np.random.default_rng(7), 2000)
-    index = VectorIndex(IndexSetup(MemorySource(CASES[1].spec), None))
+    index = vector_index(CASES[1].spec, dict(zip((np.arange(2000) * 3).tolist(), features)))
     index.add(np.arange(2000) * 3, np.array(features))
     query = features[0]
     truth = np.abs(np.array(features) - query).sum(axis=1)
@@ -392,8 +448,8 @@ def test_l1_threshold_search_is_exact():
     assert [n.score for n in found] == sorted(n.score for n in found)
 
 
-def test_hamming_threshold_is_inclusive_and_variants_merge():
-    index = VectorIndex(IndexSetup(MemorySource(CASES[0].spec), None))
+def test_hamming_threshold_is_inclusive_and_variants_merge(vector_index):
+    index = vector_index(CASES[0].spec, {})
     stored = np.array(codes(np.random.default_rng(7), 500))
     index.add(np.arange(500), stored)
     near = stored[0].copy()

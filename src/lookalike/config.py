@@ -2,11 +2,13 @@
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .engines import ENGINES, EngineOptions
+from .indexes.milvus import MilvusAddress
 
 CAPTION_ENGINES = ("captions", "caption_embedding")  # on when a caption model is named
 
@@ -103,6 +105,31 @@ class Settings(BaseSettings):
         description="Where downloaded and exported models are kept [default: <data_dir>/models].",
     )
     nprobe: int = Field(default=16, ge=1, le=4096, description="Inverted lists a trained index scans per query.")
+    index_backend: Literal["faiss", "milvus"] = Field(
+        default="faiss",
+        description="Where the vector indexes live: faiss (files in the data directory, nothing to start) or "
+        "milvus (collections in Milvus: a cluster at LOOKALIKE_MILVUS_URI, else embedded Milvus Lite; needs the "
+        "`milvus` extra). The store stays the source of truth; a switch rebuilds the indexes.",
+    )
+    milvus_uri: str | None = Field(
+        default=None,
+        description="The Milvus to keep indexes in (http://host:19530) [default: Milvus Lite in "
+        "<data_dir>/indexes/milvus.db].",
+    )
+    milvus_token: SecretStr | None = Field(default=None, description="Milvus credentials (user:password or a token).")
+    milvus_prefix: str = Field(
+        default="lookalike_",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        max_length=64,
+        description="Prefix of this library's collection names, so that libraries can share one Milvus.",
+    )
+
+    def milvus_address(self) -> MilvusAddress | None:
+        """Where the indexes live in Milvus; None with the FAISS backend."""
+        if self.index_backend != "milvus":
+            return None
+        token = self.milvus_token.get_secret_value() if self.milvus_token else ""
+        return MilvusAddress(self.milvus_uri, token, self.milvus_prefix)
 
     @field_validator("engines")
     @classmethod

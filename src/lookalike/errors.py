@@ -46,6 +46,13 @@ class ModelUnavailable(LookalikeError):
     status = 503
 
 
+class IndexUnavailable(LookalikeError):
+    """The server holding the indexes (Milvus) cannot be reached or refused a call: the library is fine,
+    the fix is on the operator's side."""
+
+    status = 503
+
+
 class Busy(LookalikeError):
     """The server cannot take this now (too many large images decoding at once): try again later."""
 

@@ -22,6 +22,7 @@ from .engines import Engine, EngineOptions, TextSearchable, create_engine, decod
 from .errors import InvalidRequest, NotFound
 from .indexes import DEFAULT_NPROBE, Hit, IndexSetup, Matches, Measure, Training
 from .indexes.manager import IndexManager
+from .indexes.milvus import MilvusAddress
 from .locks import lock_data_dir
 from .store import FeatureStore, ImageRecord, Pending, check_file_name, check_image_id
 from .thumbnails import THUMBNAIL, make_thumbnail
@@ -46,6 +47,7 @@ class Library:
         engine_options: dict[str, EngineOptions | dict] | None = None,
         nprobe: int = DEFAULT_NPROBE,
         decode_budget: DecodeBudget = UNLIMITED,
+        milvus: MilvusAddress | None = None,  # None: the indexes are FAISS files in the data directory
     ):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -63,11 +65,12 @@ class Library:
             self.store = FeatureStore(self.data_dir / "store", {n: e.spec for n, e in self.engines.items()})
             self._write_lock = threading.Lock()
             (self.data_dir / "indexes").mkdir(exist_ok=True)
+            self.milvus = milvus.connect(self.data_dir / "indexes") if milvus else None
             self.indexes = IndexManager(self.store, self._index_setups(nprobe), self._write_lock)
         except BaseException:  # a refused open leaves the directory free
-            if hasattr(self, "store"):
-                self.store.close()
-            self._lock_file.close()
+            for opened in (getattr(self, "milvus", None), getattr(self, "store", None), self._lock_file):
+                if opened is not None:
+                    opened.close()
             raise
 
     @classmethod
@@ -79,6 +82,7 @@ class Library:
             settings.engine_options(),
             settings.nprobe,
             DecodeBudget(settings.decode_budget_pixels, settings.decode_wait_seconds),
+            settings.milvus_address(),
         )
 
     def _index_setups(self, nprobe: int) -> dict[str, IndexSetup]:
@@ -89,6 +93,7 @@ class Library:
                 nprobe,
                 verify=engine.verify_all,
                 text_queries=isinstance(engine, TextSearchable),
+                milvus=self.milvus,
             )
             for name, engine in self.engines.items()
         }
@@ -371,6 +376,8 @@ class Library:
             log.warning("indexes not saved (%s); they catch up from the store's journal at the next start", exc)
         finally:
             self._searching.shutdown()
+            if self.milvus:
+                self.milvus.close()
             self.store.close()
             self._lock_file.close()
 

@@ -83,6 +83,11 @@ class IndexSetup:
     # A points engine's exact check of a query against candidates: for each, the matches one geometry explains.
     verify: Callable[[Any, list], list[Matches]] | None = None
     text_queries: bool = False  # the engine also searches this index with embedded texts
+    milvus: Any = None  # the `indexes.milvus.Milvus` holding the index; None: FAISS and files
+
+    @property
+    def backend(self) -> str:
+        return "faiss" if self.milvus is None else "milvus"
 
     @property
     def spec(self) -> FeatureSpec:

@@ -49,7 +49,7 @@ class IndexManager(Mapping[str, Index]):
         """Train `name`'s index now, beside the live one, and save it."""
         started = time.perf_counter()
         setup = self.setups[name]
-        trained = self._rebuild_beside(name, lambda: index_kind(setup.spec).train(setup, training))
+        trained = self._rebuild_beside(name, lambda: index_kind(setup.spec, setup.backend).train(setup, training))
         self.checkpoint()
         log.info("%s: trained its index (%s) in %.1f s", name, trained.stats(), time.perf_counter() - started)
         return trained
@@ -86,7 +86,7 @@ class IndexManager(Mapping[str, Index]):
 
     def _open(self, name: str) -> Index:
         setup = self.setups[name]
-        kind = index_kind(setup.spec)
+        kind = index_kind(setup.spec, setup.backend)
         loaded = kind.load(setup)
         if loaded is not None:
             index, marker = loaded

@@ -96,19 +96,9 @@ class PointIndex:
     def search(self, queries: list[Keypoints], k: int | None = None, threshold: float | None = None) -> list[Hit]:
         """Images sharing verified matches with any variant, most matches first: those with at least
         `threshold` matches, the best `k` if given."""
-        to_verify = [(variant, self._candidates(variant)) for variant in queries]
-        ids, stored = self.setup.source.read(sorted({i for _, candidates in to_verify for i in candidates}))
-        stored_by_id = dict(zip(ids.tolist(), stored))
-        best: dict[int, Matches] = {}
-        for variant, candidates in to_verify:
-            present = [i for i in candidates if i in stored_by_id]  # not deleted since they were voted for
-            for image_id, matches in zip(present, self.setup.verify(variant, [stored_by_id[i] for i in present])):
-                best[image_id] = max(best.get(image_id, Matches(0, 0)), matches)
-        found = sorted((-m.count, i, m.precise) for i, m in best.items() if m.count > 0 and m.count >= (threshold or 0))
-        return [Hit(i, -negative, Measure.MATCHES, precise_matches=precise) for negative, i, precise in found][:k]
+        return verified_hits(self.setup, [(variant, self._candidates(variant)) for variant in queries], k, threshold)
 
     def _candidates(self, query: Keypoints) -> list[int]:
-        """The best-voted images for one query's descriptors, at least MIN_VOTES each."""
         if len(query) == 0:
             return []
         with self._lock.shared():
@@ -117,20 +107,7 @@ class PointIndex:
                 return []
             squared, points = self._index.search(np.ascontiguousarray(query.descriptors, np.float32), k)
             images = self.ranges.lookup(points)
-        rows = np.repeat(np.arange(len(query)), k)
-        hit = images.ravel() >= 0
-        close = (squared <= squared[:, :1] / BURST_RATIO**2).ravel()[hit]
-        # One vote per query keypoint per image, however many of the image's points it hits, shared
-        # among the images that match the keypoint about as well as its nearest.
-        pairs, pair_of = np.unique(np.stack([rows[hit], images.ravel()[hit]], axis=1), axis=0, return_inverse=True)
-        pair_close = np.zeros(len(pairs), bool)
-        np.logical_or.at(pair_close, pair_of.ravel(), close)
-        sharing = np.maximum(np.bincount(pairs[pair_close, 0], minlength=len(query)), 1)
-        voted, image_of = np.unique(pairs[:, 1], return_inverse=True)
-        keypoints = np.bincount(image_of.ravel(), minlength=len(voted))
-        votes = np.bincount(image_of.ravel(), weights=1.0 / sharing[pairs[:, 0]], minlength=len(voted))
-        order = np.lexsort((voted, -votes))[:CANDIDATES]
-        return [int(i) for i, v in zip(voted[order], keypoints[order]) if v >= MIN_VOTES]
+        return voted_candidates(squared, images)
 
     # -- building and training -------------------------------------------------------------------
 
@@ -210,6 +187,38 @@ class PointIndex:
         except (OSError, ValueError, KeyError):
             return None
         return cls(setup, index, ranges, header["trained_points"]), Marker(**header["marker"])
+
+
+def verified_hits(setup: IndexSetup, to_verify: list[tuple[Keypoints, list[int]]], k, threshold) -> list[Hit]:
+    """Each (variant, candidates) verified by the engine; each image scored by its best variant."""
+    ids, stored = setup.source.read(sorted({i for _, candidates in to_verify for i in candidates}))
+    stored_by_id = dict(zip(ids.tolist(), stored))
+    best: dict[int, Matches] = {}
+    for variant, candidates in to_verify:
+        present = [i for i in candidates if i in stored_by_id]  # not deleted since they were voted for
+        for image_id, matches in zip(present, setup.verify(variant, [stored_by_id[i] for i in present])):
+            best[image_id] = max(best.get(image_id, Matches(0, 0)), matches)
+    found = sorted((-m.count, i, m.precise) for i, m in best.items() if m.count > 0 and m.count >= (threshold or 0))
+    return [Hit(i, -negative, Measure.MATCHES, precise_matches=precise) for negative, i, precise in found][:k]
+
+
+def voted_candidates(squared: np.ndarray, images: np.ndarray) -> list[int]:
+    """The best-voted images, at least MIN_VOTES each, from each query descriptor's nearest stored
+    descriptors: their squared distances and images (-1: none), a row per query descriptor."""
+    rows = np.repeat(np.arange(len(squared)), squared.shape[1])
+    hit = images.ravel() >= 0
+    close = (squared <= squared[:, :1] / BURST_RATIO**2).ravel()[hit]
+    # One vote per query keypoint per image, however many of the image's points it hits, shared
+    # among the images that match the keypoint about as well as its nearest.
+    pairs, pair_of = np.unique(np.stack([rows[hit], images.ravel()[hit]], axis=1), axis=0, return_inverse=True)
+    pair_close = np.zeros(len(pairs), bool)
+    np.logical_or.at(pair_close, pair_of.ravel(), close)
+    sharing = np.maximum(np.bincount(pairs[pair_close, 0], minlength=len(squared)), 1)
+    voted, image_of = np.unique(pairs[:, 1], return_inverse=True)
+    keypoints = np.bincount(image_of.ravel(), minlength=len(voted))
+    votes = np.bincount(image_of.ravel(), weights=1.0 / sharing[pairs[:, 0]], minlength=len(voted))
+    order = np.lexsort((voted, -votes))[:CANDIDATES]
+    return [int(i) for i, v in zip(voted[order], keypoints[order]) if v >= MIN_VOTES]
 
 
 def _index_path(setup: IndexSetup) -> Path:

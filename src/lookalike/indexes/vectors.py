@@ -64,11 +64,11 @@ class VectorIndex:
         rows = self._as_rows(queries)
         if k is not None or threshold is None:
             # An image in the true top k is in the top k of the variant that gives its smallest distance.
-            hits = _merge(*self._nearest(rows, self.ntotal if k is None else k))
+            hits = best_of_variants(*self._nearest(rows, self.ntotal if k is None else k))
         elif self.spec.metric == "hamming":
             with self._lock:
                 _, distances, ids = self._index.range_search(rows, self._hamming_radius(threshold))
-            hits = _merge(distances[None, :], ids[None, :])
+            hits = best_of_variants(distances[None, :], ids[None, :])
         else:
             # FAISS has no range search for L1 (nor for every index): search ever larger k until the
             # farthest is beyond.
@@ -78,7 +78,7 @@ class VectorIndex:
                 if ids.shape[1] < wanted or (distances[:, -1] > threshold).all():
                     break
                 wanted *= 4
-            hits = _merge(distances, ids)
+            hits = best_of_variants(distances, ids)
         if threshold is not None:
             hits = [hit for hit in hits if hit.score <= threshold]
         return hits[:k]
@@ -207,7 +207,7 @@ def _empty_index(setup: IndexSetup):
     return faiss.IndexIDMap2(faiss.IndexFlat(spec.dim, metric))
 
 
-def _merge(distances: np.ndarray, ids: np.ndarray) -> list[Hit]:
+def best_of_variants(distances: np.ndarray, ids: np.ndarray) -> list[Hit]:
     """Rows of (distance, id) from several query variants -> each id once, at its smallest distance."""
     distances, ids = distances.ravel(), ids.ravel()
     valid = ids >= 0

@@ -285,7 +285,7 @@ _ERRORS = {
     409: "The image id or file name is taken.",
     413: "The upload or the image is over the limit.",
     422: "Invalid parameters.",
-    503: "Busy decoding other large images (see Retry-After), or a model is not installed.",
+    503: "Busy decoding other large images (see Retry-After), a model is not installed, or Milvus is out of reach.",
     507: "The disk is full: nothing was written.",
 }
 

@@ -47,7 +47,9 @@ function paintDisk(stats) {
 
 // An index is trained once it has learnt from the features (a compressed or whitened form); flat before.
 const trained = (index) => Boolean(index.trained_on || index.compressed || index.whitened_dims);
-const SHOWN = ["features", "indexed", "model", "trained_on", "compressed", "whitened_dims"];
+const SHOWN = ["features", "indexed", "model", "trained_on", "compressed", "whitened_dims", "milvus"];
+// Milvus names the index it builds per segment (HNSW, IVF_SQ8, FLAT).
+const state = (index) => index.milvus ? `Milvus ${index.milvus}` : trained(index) ? "trained" : "flat";
 
 function paintEngines(engines) {
   document.querySelector("#stat-engines tbody").replaceChildren(...Object.entries(engines).map(([engine, index]) => {
@@ -59,7 +61,7 @@ function paintEngines(engines) {
       el("th", { scope: "row" }, engine),
       el("td", { className: "num" }, formatNumber(index.features)),
       el("td", { className: "num" }, formatNumber(index.indexed)),
-      el("td", {}, el("span", { className: trained(index) ? "state trained" : "state" }, trained(index) ? "trained" : "flat"),
+      el("td", {}, el("span", { className: trained(index) ? "state trained" : "state" }, state(index)),
         more && el("span", { className: "muted small block" }, more)),
       el("td", { className: "model" }, index.model || "–"));
   }));
