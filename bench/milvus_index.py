@@ -82,12 +82,9 @@ def cached_queries(originals: list[bytes]) -> list[list[dict]]:
     return queries
 
 
-def copy_detection(tmp: Path) -> tuple[str, list[Keypoints]]:
-    photos = {**common.test_photos(), **common.mvtb_photos()}
-    originals = [common.jpeg(image) for image in photos.values()]
-    names = list(photos)
-    del photos
-    queries = cached_queries(originals)
+def copy_detection(
+    tmp: Path, names: list[str], originals: list[bytes], queries: list[list[dict]]
+) -> tuple[str, list[Keypoints]]:
     faiss = Library(tmp / "faiss", ENGINES, engine_options=options())
     milvus = Library(tmp / "milvus", ENGINES, engine_options=options(), milvus=MilvusAddress())
     descriptors = []
@@ -170,12 +167,12 @@ def substitute_row(label: str, stored: np.ndarray, asked: np.ndarray) -> list:
     return [f"color: L2 on square roots alone, {label}", "exact", "", "", "", f"{substitute_recall(stored, asked):.3f}"]
 
 
-def ready(milvus: Milvus, index) -> None:
+def ready(index) -> None:
     """Seal what was added and load it again: Milvus Lite builds a sealed segment's index in the
     background, and synchronously on load, so the searches measure the index, not its building."""
     index.collection.flush()
-    milvus.call(milvus.client.release_collection, index.collection.name)
-    milvus.call(milvus.client.load_collection, index.collection.name)
+    index.collection._call("release_collection")
+    index.collection._call("load_collection")
 
 
 def vector_engines(milvus: Milvus, size: int, queries: int) -> list[list]:
@@ -198,7 +195,7 @@ def vector_engines(milvus: Milvus, size: int, queries: int) -> list[list]:
             for start in range(0, size, 10_000):
                 index.add(ids[start : start + 10_000], stored[start : start + 10_000])
             if backend == "milvus":
-                ready(milvus, index)
+                ready(index)
             indexes[backend] = (index, time.perf_counter() - started)
         rows += measure(
             engine, indexes, [[q] for q in asked], truth, lambda index, q: [h.image_id for h in index.search(q, 10)]
@@ -249,7 +246,7 @@ def local_engine(milvus: Milvus, descriptors: list[Keypoints], size: int, querie
         started = time.perf_counter()
         index = index_kind(spec, backend).build(setup)
         if backend == "milvus":
-            ready(milvus, index)
+            ready(index)
         indexes[backend] = (index, time.perf_counter() - started)
     rows = measure("local (vote)", indexes, asked, [None] * len(asked), lambda index, q: index._candidates(q) and [])
     # Recall@10 of the descriptors' nearest neighbours, by images owning them, per query descriptor.
@@ -277,14 +274,17 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--indexes-only", action="store_true", help="part 2 only, local on the copies' descriptors")
     args = parser.parse_args()
+    photos = {**common.test_photos(), **common.mvtb_photos()}
+    names, originals = list(photos), [common.jpeg(image) for image in photos.values()]
+    del photos
+    queries = cached_queries(originals)
+    copied = [variants for each in queries for variants in each]
     with tempfile.TemporaryDirectory() as tmp:
         if not args.indexes_only:
-            report, descriptors = copy_detection(Path(tmp))
+            report, descriptors = copy_detection(Path(tmp), names, originals, queries)
             print(report, flush=True)
         milvus = Milvus(Path(tmp) / "bench.db")
         rows = vector_engines(milvus, args.size, args.queries)
-        originals = [common.jpeg(image) for image in {**common.test_photos(), **common.mvtb_photos()}.values()]
-        copied = [variants for each in cached_queries(originals) for variants in each]  # part 1's cache
         histograms = np.stack([variants["color"][0] for variants in copied])
         rows.append(substitute_row("real photos' copies", np.delete(histograms, np.s_[::8], 0), histograms[::8]))
         if args.indexes_only:
